@@ -1,0 +1,26 @@
+# The two commands a newcomer needs: `make train` and `make test`.
+# Both create .venv if it is missing and install from requirements.txt.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test train install assets clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+assets: $(STAMP)
+	$(PY) scripts/assets.py fetch minilm-l6 smollm2-135m
+
+clean:
+	rm -rf $(VENV) .pytest_cache

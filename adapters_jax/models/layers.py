@@ -1,0 +1,134 @@
+"""Building blocks shared by the model families.
+
+Every dense projection of a model is a `Linear`, so that adapters which act on
+projections (LoRA, IA3) attach in one place for every architecture. Params are
+stored in `param_dtype` (float32 by default) and cast to the compute `dtype` at
+use, so float32 master weights with bf16 compute is one flag.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+default_kernel_init = nn.initializers.normal(stddev=0.02)
+
+
+class Linear(nn.Module):
+    """y = x @ kernel + bias, kernel stored [in, out] (the transpose of torch's weight)."""
+
+    features: int
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = default_kernel_init
+    adapters: Any = None  # configs.AdapterSetup; LoRA/IA3 hooks read it
+
+    @nn.compact
+    def __call__(self, x_BxTxI: jax.Array, deterministic: bool = True) -> jax.Array:
+        in_features = x_BxTxI.shape[-1]
+        kernel_IxO = self.param("kernel", self.kernel_init, (in_features, self.features), self.param_dtype)
+        x_BxTxI = x_BxTxI.astype(self.dtype)
+        if self.adapters is not None:
+            from adapters_jax.modules import hooks  # late import: modules depend on layers
+            x_BxTxI = hooks.scale_linear_input(self, x_BxTxI)
+        y_BxTxO = jnp.dot(x_BxTxI, kernel_IxO.astype(self.dtype))
+        if self.use_bias:
+            bias_O = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+            y_BxTxO = y_BxTxO + bias_O.astype(self.dtype)
+        if self.adapters is not None:
+            y_BxTxO = hooks.linear_output(self, x_BxTxI, y_BxTxO, deterministic)
+        return y_BxTxO
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm computed in float32 whatever the compute dtype (params `scale`, `bias`)."""
+
+    eps: float = 1e-12
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        d = x_BxTxD.shape[-1]
+        scale_D = self.param("scale", nn.initializers.ones, (d,), self.param_dtype)
+        bias_D = self.param("bias", nn.initializers.zeros, (d,), self.param_dtype)
+        x = x_BxTxD.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * scale_D.astype(jnp.float32) + bias_D.astype(jnp.float32)).astype(self.dtype)
+
+
+class RMSNorm(nn.Module):
+    """Llama's RMSNorm: x / rms(x) * scale, computed in float32 (param `scale`, torch `weight`)."""
+
+    eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        scale_D = self.param("scale", nn.initializers.ones, (x_BxTxD.shape[-1],), self.param_dtype)
+        x = x_BxTxD.astype(jnp.float32)
+        y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps)
+        return (y * scale_D.astype(jnp.float32)).astype(self.dtype)
+
+
+class Embed(nn.Module):
+    """Token/position embedding table (param `embedding`, torch `weight`)."""
+
+    num_embeddings: int
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding", default_kernel_init, (self.num_embeddings, self.features), self.param_dtype
+        )
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, h_BxTxD: jax.Array) -> jax.Array:
+        """Tied output projection: logits against the embedding table."""
+        return jnp.dot(h_BxTxD.astype(self.dtype), self.embedding.astype(self.dtype).T)
+
+
+def attention(
+    q_BxTxHxK: jax.Array,
+    k_BxSxNxK: jax.Array,
+    v_BxSxNxK: jax.Array,
+    bias_Bx1xTxS: jax.Array | None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    deterministic: bool = True,
+) -> jax.Array:
+    """Scaled dot-product attention with grouped-query heads (H query heads share N kv heads).
+
+    The softmax is taken in float32; `bias` is additive (0 or a large negative number).
+    Returns [B, T, H, K].
+    """
+    b, t, h, k = q_BxTxHxK.shape
+    n = k_BxSxNxK.shape[2]
+    g = h // n
+    q_BxTxNxGxK = q_BxTxHxK.reshape(b, t, n, g, k)
+    logits_BxNxGxTxS = jnp.einsum("btngk,bsnk->bngts", q_BxTxNxGxK, k_BxSxNxK).astype(jnp.float32)
+    logits_BxNxGxTxS = logits_BxNxGxTxS / jnp.sqrt(jnp.float32(k))
+    if bias_Bx1xTxS is not None:
+        logits_BxNxGxTxS = logits_BxNxGxTxS + bias_Bx1xTxS[:, :, None].astype(jnp.float32)
+    probs = jax.nn.softmax(logits_BxNxGxTxS, axis=-1)
+    if not deterministic and dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    out_BxTxNxGxK = jnp.einsum("bngts,bsnk->btngk", probs.astype(v_BxSxNxK.dtype), v_BxSxNxK)
+    return out_BxTxNxGxK.reshape(b, t, h, k)
+
+
+def mask_to_bias(mask_BxS: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """[B, S] 1/0 padding mask -> additive bias [B, 1, 1, S]."""
+    return jnp.where(mask_BxS[:, None, None, :] > 0, 0.0, jnp.finfo(dtype).min).astype(dtype)

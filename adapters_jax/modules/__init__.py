@@ -1,0 +1,1 @@
+"""Functional Flax adapter modules: bottleneck, LoRA, IA3, prefix and prompt tuning."""

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapters_jax.models.hf import CheckpointError
+from adapters_jax.models.hf import CheckpointError  # noqa: F401  (re-exported)
 
 # model_type in config.json -> family module
 FAMILIES = {

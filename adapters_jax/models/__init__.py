@@ -60,19 +60,19 @@ def family_of(model_type: str):
     return importlib.import_module(FAMILIES[model_type])
 
 
-def fingerprint(config, params: dict, tensors: dict[str, np.ndarray] | None = None) -> dict:
-    """Architecture, shapes, dtypes and a content hash of the base weights.
+def fingerprint(config, params: dict) -> dict:
+    """Architecture, shapes, dtypes and a content hash of the base params.
 
-    The hash runs over the source tensors (sorted names and raw bytes) when they
-    are given, else over the params: computed once at load, compared on restore.
+    Computed once at load and stored with every adapter and checkpoint; restoring
+    onto a base with another fingerprint is refused. Pass base params only (no
+    adapter or head leaves: `adapters.base_only`).
     """
     from flax.traverse_util import flatten_dict
 
     flat = {"/".join(k): v for k, v in flatten_dict(params).items()}
     h = hashlib.sha256()
-    source = tensors if tensors is not None else flat
-    for name in sorted(source):
-        arr = np.ascontiguousarray(np.asarray(source[name]))
+    for name in sorted(flat):
+        arr = np.ascontiguousarray(np.asarray(flat[name]))
         h.update(name.encode())
         h.update(str(arr.dtype).encode())
         h.update(arr.tobytes())
@@ -110,7 +110,7 @@ def load_hf_dir(model_dir: str | Path, dtype=jnp.float32, param_dtype=jnp.float3
         tensors, abstract_params(model, config), family.hf_rename, dtype=np.dtype(param_dtype), where=str(model_dir)
     )
     params = jax.tree.map(jnp.asarray, params)
-    return Loaded(model, params, load_tokenizer(model_dir), config, fingerprint(config, params, tensors), str(model_dir))
+    return Loaded(model, params, load_tokenizer(model_dir), config, fingerprint(config, params), str(model_dir))
 
 
 def load_tokenizer(model_dir: Path):

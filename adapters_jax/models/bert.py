@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from adapters_jax.models.layers import Embed, LayerNorm, Linear, attention, mask_to_bias
 from adapters_jax.modules import hooks
+from adapters_jax.modules.prefix import prepend
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -135,7 +136,7 @@ class SelfAttention(nn.Module):
         k_BxSxHxK = split(Linear(c.hidden_size, name="key", **kw)(h_BxTxD, deterministic))
         v_BxSxHxK = split(Linear(c.hidden_size, name="value", **kw)(h_BxTxD, deterministic))
         if prefix is not None:  # prefix tuning: extra key/value positions in front
-            k_BxSxHxK, v_BxSxHxK, bias_Bx1xTxS = prefix(k_BxSxHxK, v_BxSxHxK, bias_Bx1xTxS)
+            k_BxSxHxK, v_BxSxHxK, bias_Bx1xTxS = prepend(prefix, k_BxSxHxK, v_BxSxHxK, bias_Bx1xTxS)
         rng = None if deterministic or c.attention_probs_dropout_prob == 0 else self.make_rng("dropout")
         out_BxTxHxK = attention(
             q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, bias_Bx1xTxS, c.attention_probs_dropout_prob, rng, deterministic
@@ -220,7 +221,7 @@ class Encoder(nn.Module):
         bias_Bx1x1xS = mask_to_bias(mask_BxS, jnp.float32)
         layer_cls = nn.remat(Layer, static_argnums=(3,)) if c.remat else Layer
         for i in range(c.num_hidden_layers):
-            prefix = prefixes[i] if prefixes is not None else None
+            prefix = prefixes[i] if prefixes is not None else None  # None too for left-out layers
             h_BxSxD = layer_cls(name=f"layer_{i}", **kw)(h_BxSxD, bias_Bx1x1xS, deterministic, prefix)
         return h_BxSxD
 

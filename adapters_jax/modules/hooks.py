@@ -1,21 +1,163 @@
-"""Where adapters enter a model's forward pass (filled in by the adapter issue)."""
+"""Where adapters enter a model's forward pass.
+
+The model families call these at fixed points; each reads the module's
+`adapters` attribute (a configs.AdapterSetup) and does nothing when no active
+adapter concerns that point, so a model without adapters computes exactly the
+base model. Adapter params are created as children of the module that calls
+the hook, under `<method>/<adapter name>/...`:
+
+    .../attention/self/query/lora/<name>/lora_A        LoRA on a projection
+    .../attention/self/key/ia3/<name>/ia3_l            IA3 on a projection
+    .../output/adapters/<name>/adapter_down/kernel     bottleneck at a sublayer output
+    prefix_tuning/<name>/control_trans_0/kernel        prefix pool at the model root
+    embeddings/prompt_tuning/<name>/prompt_embedding   soft prompt at the word embeddings
+"""
+from __future__ import annotations
+
+import re
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from adapters_jax.configs import IA3, Bottleneck, LoRA, PrefixTuning, PromptTuning
+from adapters_jax.modules.bottleneck import BottleneckAdapter, apply_stack
+from adapters_jax.modules.lora import IA3Scale, LoRAUpdate
+from adapters_jax.modules.prefix import PrefixKV
+from adapters_jax.modules.prompt import SoftPrompt
+
+# AdapterHub's keys, as regexes over our Linear paths, for both families.
+ATTN = {
+    "q": r"(attention/self/query|self_attn/q_proj)$",
+    "k": r"(attention/self/key|self_attn/k_proj)$",
+    "v": r"(attention/self/value|self_attn/v_proj)$",
+}
+INTERMEDIATE = r"(intermediate/dense|mlp/(gate_proj|up_proj))$"
+FFN_OUT = r"(layers?_\d+/output/dense|mlp/down_proj)$"
 
 
-def scale_linear_input(linear, x):
-    return x
+def layer_index(path: str) -> int | None:
+    m = re.search(r"layers?_(\d+)(/|$)", path)
+    return int(m.group(1)) if m else None
 
 
-def linear_output(linear, x, y, deterministic):
-    return y
+def _active(module, cls):
+    setup = module.adapters
+    return setup.active_methods(cls) if setup is not None else []
 
 
-def bottleneck(module, location, h, residual_input, layer_norm, deterministic):
-    return layer_norm(h + residual_input)
+def _path(module) -> str:
+    return "/".join(module.path)
 
 
-def prompt(module, w, mask, word_embeddings, deterministic):
-    return w, mask, 0
+def targets(cfg: LoRA | IA3, path: str) -> str | None:
+    """How a LoRA/IA3 config acts on the Linear at `path`: None, "output" or "input" (IA3 feed-forward)."""
+    idx = layer_index(path)
+    if idx is not None and idx in cfg.leave_out:
+        return None
+    if isinstance(cfg, IA3) and cfg.feedforward is not None and re.search(cfg.feedforward, path):
+        return "input"
+    if cfg.target is not None:
+        return "output" if re.search(cfg.target, path) else None
+    if cfg.selfattn_lora and any(re.search(ATTN[m], path) for m in cfg.attn_matrices):
+        return "output"
+    if isinstance(cfg, IA3):  # the paper's placement: scale the FFN activation = the input of its output projection
+        if cfg.intermediate_lora and re.search(FFN_OUT, path):
+            return "input"
+        if cfg.output_lora and re.search(FFN_OUT, path):
+            return "output"
+        return None
+    if cfg.intermediate_lora and re.search(INTERMEDIATE, path):
+        return "output"
+    if cfg.output_lora and re.search(FFN_OUT, path):
+        return "output"
+    return None
+
+
+class _Group(nn.Module):
+    """A named container, so that adapter params read `<method>/<adapter name>/...`."""
+
+    @nn.compact
+    def __call__(self, fn):
+        return fn(self)
+
+
+def scale_linear_input(linear, x_BxTxI):
+    path = _path(linear)
+    hits = [(n, c) for n, c in _active(linear, IA3) if targets(c, path) == "input"]
+    if hits:
+        def run(group):
+            out = x_BxTxI
+            for name, _ in hits:
+                out = IA3Scale(x_BxTxI.shape[-1], linear.dtype, name=name, parent=group)(out)
+            return out
+        x_BxTxI = _Group(name="ia3")(run)
+    return x_BxTxI
+
+
+def linear_output(linear, x_BxTxI, y_BxTxO, deterministic):
+    path = _path(linear)
+    loras = [(n, c) for n, c in _active(linear, LoRA) if targets(c, path) == "output"]
+    if loras:
+        def run(group):
+            return sum(LoRAUpdate(c, linear.features, linear.dtype, name=n, parent=group)(x_BxTxI, deterministic)
+                       for n, c in loras)
+        y_BxTxO = y_BxTxO + _Group(name="lora")(run)
+    ia3s = [(n, c) for n, c in _active(linear, IA3) if targets(c, path) == "output"]
+    if ia3s:
+        def run(group):
+            out = y_BxTxO
+            for name, _ in ia3s:
+                out = IA3Scale(linear.features, linear.dtype, name=name, parent=group)(out)
+            return out
+        y_BxTxO = _Group(name="ia3")(run)
+    return y_BxTxO
+
+
+def bottleneck(module, location, h_BxTxD, x_in_BxTxD, layer_norm, deterministic):
+    """A sublayer's end: LayerNorm(h + x_in) (or h + x_in when layer_norm is None), adapters inside."""
+    idx = layer_index(_path(module))
+    hits = [(n, c) for n, c in _active(module, Bottleneck)
+            if getattr(c, location) and (idx is None or idx not in c.leave_out)]
+    if not hits:
+        return layer_norm(h_BxTxD + x_in_BxTxD) if layer_norm is not None else h_BxTxD + x_in_BxTxD
+
+    def run(group):
+        mods = [BottleneckAdapter(c, module.dtype, name=n, parent=group) for n, c in hits]
+        return apply_stack(mods, [c for _, c in hits], h_BxTxD, x_in_BxTxD, layer_norm, deterministic)
+    return _Group(name="adapters")(run)
+
+
+def prompt(module, w_BxTxD, mask_BxT, word_embeddings, deterministic):
+    """Prepend the active soft prompts to the word embeddings; returns (w, mask, n_prompt)."""
+    hits = _active(module, PromptTuning)
+    if not hits:
+        return w_BxTxD, mask_BxT, 0
+    b = w_BxTxD.shape[0]
+
+    def run(group):
+        return [SoftPrompt(c, word_embeddings.embedding, name=n, parent=group)() for n, c in hits]
+    prompts = _Group(name="prompt_tuning")(run)
+    p_PxD = jnp.concatenate(prompts, axis=0).astype(w_BxTxD.dtype)
+    n = p_PxD.shape[0]
+    w_BxSxD = jnp.concatenate([jnp.broadcast_to(p_PxD, (b, n, p_PxD.shape[1])), w_BxTxD], axis=1)
+    mask_BxS = jnp.concatenate([jnp.ones((b, n), mask_BxT.dtype), mask_BxT], axis=1)
+    return w_BxSxD, mask_BxS, n
 
 
 def prefixes(module, n_layers, n_heads, head_dim, batch, deterministic):
-    return None
+    """Per-layer (keys, values) [B, P, N, K] of the active prefix adapters, or None."""
+    hits = _active(module, PrefixTuning)
+    if not hits:
+        return None
+    hidden = module.config.hidden_size
+
+    def run(group):
+        return [(c, PrefixKV(c, n_layers, n_heads, head_dim, hidden, module.dtype, name=n, parent=group)(batch, deterministic))
+                for n, c in hits]
+    kvs = _Group(name="prefix_tuning")(run)
+    per_layer = []
+    for i in range(n_layers):
+        ks = [kv[:, :, i, 0] for c, kv in kvs if i not in c.leave_out]
+        vs = [kv[:, :, i, 1] for c, kv in kvs if i not in c.leave_out]
+        per_layer.append((jnp.concatenate(ks, 1), jnp.concatenate(vs, 1)) if ks else None)
+    return per_layer

@@ -150,7 +150,8 @@ def load_gguf(path: str | Path, dtype=jnp.float32, param_dtype=jnp.float32, **ov
         where=str(path),
     )
     params = jax.tree.map(jnp.asarray, params)
-    fp = fingerprint(config, params, {name: t.data for name, t in raw.items()})
+    # Hashes the dequantized params, like every other loader, so a restore can recompute it.
+    fp = fingerprint(config, params)
     return Loaded(model, params, tokenizer_from_gguf(reader, meta, str(path)), config, fp, str(path))
 
 

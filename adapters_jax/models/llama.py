@@ -23,9 +23,10 @@ Paid once per input shape, small next to a fine-tuning run.
 backward pass).
 
 `Model.__call__` returns float32 logits [B, T, V]; with `return_hidden=True`
-it returns the final-normed hidden state [B, T, D] instead (for heads) and
-skips the vocabulary projection. `init` always creates `lm_head`, so the param
-tree is the same whichever output a caller asks for.
+it returns the final-normed hidden state [B, T, D] instead and skips the
+vocabulary projection; with a `head` (as `bert.Model`) the head's output.
+`init` always creates `lm_head`, so the param tree is the same whichever
+output a caller asks for.
 
 Adapters: every projection is a `layers.Linear` carrying `adapters` (LoRA,
 IA3), and `attn_out_BxTxD` / `mlp_out_BxTxD` are the block outputs right
@@ -266,10 +267,17 @@ class LlamaModel(nn.Module):
 
 
 class Model(nn.Module):
-    """Causal LM: logits [B, T, V] in float32, or the hidden state with `return_hidden=True`."""
+    """LlamaForCausalLM (+ an optional task head from `adapters_jax.models.heads`).
+
+    Returns float32 logits [B, T, V]; the head's output when `head` is set
+    (it gets the hidden state, the mask and no pooler output: use pooling
+    "last" or "mean"); the final-normed hidden state [B, T, D] with
+    `return_hidden=True`.
+    """
 
     config: Config
     adapters: Any = None
+    head: Any = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -291,11 +299,20 @@ class Model(nn.Module):
         return_hidden: bool = False,
     ) -> jax.Array:
         h_BxTxD = self.model(input_ids_BxT, attention_mask_BxT, deterministic, positions_BxT)
-        if return_hidden and not self.is_initializing():
+        logits_BxTxV = None
+        # init always builds lm_head, so the param tree matches the checkpoint whatever is returned
+        if self.is_initializing() or (self.head is None and not return_hidden):
+            logits_BxTxV = self.logits(h_BxTxD, deterministic)
+        if return_hidden:
             return h_BxTxD
+        if self.head is not None:
+            if attention_mask_BxT is None:
+                attention_mask_BxT = jnp.ones(input_ids_BxT.shape, jnp.int32)
+            return self.head(h_BxTxD, attention_mask_BxT, None, deterministic)
+        return logits_BxTxV
+
+    def logits(self, h_BxTxD: jax.Array, deterministic: bool = True) -> jax.Array:
         if self.config.tie_word_embeddings:
             embedding_VxD = self.model.embed_tokens.embedding
-            logits_BxTxV = jnp.dot(h_BxTxD.astype(jnp.float32), embedding_VxD.astype(jnp.float32).T)
-        else:
-            logits_BxTxV = self.lm_head(h_BxTxD, deterministic)
-        return h_BxTxD if return_hidden else logits_BxTxV
+            return jnp.dot(h_BxTxD.astype(jnp.float32), embedding_VxD.astype(jnp.float32).T)
+        return self.lm_head(h_BxTxD, deterministic)

@@ -5,6 +5,8 @@ or its tests), then commit what it writes under tests/fixtures/:
 
     .venv-ref/bin/python scripts/make_fixtures_llama.py [--gguf PATH/SmolLM2-135M-Instruct.Q4_1.gguf]
 
+(the env needs torch, transformers, gguf and accelerate: transformers' GGUF loader asks for it).
+
 (a) smollm2_ref.npz / smollm2_ref.json: transformers' own GGUF loader on the
     SmolLM2 Q4_1 file: per position of a fixed text, the log-prob of the
     actual next token and the top-5 ids and log-probs; the greedy

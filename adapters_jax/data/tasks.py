@@ -44,7 +44,7 @@ class DataError(ValueError):
     """Bad data or data configuration; the message names the file, column or split."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Task:
     name: str
     splits: datasets.DatasetDict

@@ -17,6 +17,7 @@ process, reads it instead of tokenising again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import tempfile
@@ -30,7 +31,7 @@ from adapters_jax.data import assets
 from adapters_jax.data.tasks import SPLITS, DataError, Task
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Encoded:
     """One split, tokenised: ragged ids stored flat with offsets."""
 
@@ -41,11 +42,11 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.labels)
 
-    @property
+    @functools.cached_property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets).astype(np.int32)
 
-    @property
+    @functools.cached_property
     def ids(self) -> list[np.ndarray]:
         return np.split(self.flat, self.offsets[1:-1])
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import datasets
 import numpy as np
@@ -174,3 +175,17 @@ def test_tokenisation_matches_tokenizer_and_is_cached(real_task, minilm_tokenize
     again = tokenize.encode_task(task, minilm_tokenizer, max_length=64)
     assert np.array_equal(again["train"].flat, enc["train"].flat)
     assert tokenize.cache_dir(task, minilm_tokenizer, 32) != tokenize.cache_dir(task, minilm_tokenizer, 64)
+
+
+def test_data_script_prints_counts_and_lengths(asset_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    asset_path("bbc_news")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "data.py"
+    out = subprocess.run([sys.executable, str(script), "bbc_news", "--tokenizer", "none"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^train\s+1677\s", out.stdout, re.M) and "sports" in out.stdout and "p99" in out.stdout
+    bad = subprocess.run([sys.executable, str(script), "missing.csv"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "missing.csv: no such file" in bad.stderr

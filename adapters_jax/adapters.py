@@ -23,7 +23,7 @@ from adapters_jax.configs import AdapterConfigError, AdapterSetup, LoRA
 from adapters_jax.models import Loaded, family_of, fingerprint
 from adapters_jax.modules.lora import lora_delta_kernel
 
-METHOD_DIRS = ("adapters", "lora", "ia3", "prefix_tuning", "prompt_tuning")  # path segment before the adapter name
+METHOD_DIRS = ("adapters", "attention_adapters", "output_adapters", "lora", "ia3", "prefix_tuning", "prompt_tuning")  # path segment before the adapter name
 
 
 def _flat(params) -> dict[str, jax.Array]:
@@ -51,29 +51,33 @@ def base_only(params) -> dict:
     return _unflat({k: v for k, v in _flat(params).items() if adapter_of(k) is None and not is_head(k)})
 
 
-def add_adapters(base, spec, name: str = "default", head=None, rng=None, config=None):
+def add_adapters(base, spec, name: str = "default", head=None, rng=None):
     """Add one named adapter (and optionally a task head) to a base model.
 
     base: a `Loaded` (from aj.load) or a (model, params) pair that may already hold adapters.
-    spec: a config string ("houlsby[bottleneck=64]", "lora[r=8]|ia3", "mam") or config objects.
+    spec: a config string ("houlsby[bottleneck=64]", "lora[r=8]|ia3", "mam") or config objects;
+    None adds only the head (full fine-tuning, linear probing).
     Returns (model, params): the model has the new adapter active (alone), params hold
     the base arrays unchanged plus the new leaves. Raises AdapterConfigError for a bad spec,
     a bottleneck larger than the hidden size, or a LoRA/IA3 target that matches no module.
     """
     model, params = (base.model, base.params) if isinstance(base, Loaded) else base
-    setup = (model.adapters or AdapterSetup()).add(name, spec)
     cfg = model.config
-    for m in setup.get(name).methods:
-        if isinstance(m, configs.Bottleneck):
-            m.size(cfg.hidden_size)  # raises when larger than the hidden size
-    model = model.clone(adapters=setup.activate(name), **({"head": head} if head is not None else {}))
+    setup = model.adapters or AdapterSetup()
+    if spec is not None:
+        setup = setup.add(name, spec).activate(name)
+        for m in setup.get(name).methods:
+            if isinstance(m, configs.Bottleneck):
+                m.size(cfg.hidden_size)  # raises when larger than the hidden size
+    model = model.clone(adapters=setup, **({"head": head} if head is not None else {}))
     rng = jax.random.PRNGKey(0) if rng is None else rng
     ids = family_of(cfg.model_type).dummy_inputs(cfg)
     _, state = model.apply({"params": params}, ids, mutable=["params"], rngs={"params": rng})
     new_params = state["params"]
     old, new = _flat(params), _flat(new_params)
     added = [k for k in new if k not in old]
-    _check_targets(setup, name, added, model)
+    if spec is not None:
+        _check_targets(setup, name, added, model)
     merged = dict(old)
     merged.update({k: new[k] for k in added})
     return model, _unflat(merged)

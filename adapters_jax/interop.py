@@ -147,7 +147,9 @@ def from_adapterhub(state_dict: Mapping[str, np.ndarray], model, params, name: s
                 path = f"{root}control_trans_{i}/" + ("kernel" if leaf == "weight" else "bias")
                 value = value.T if leaf == "weight" else value
         elif m is not None and m.re is _AH_BN:
-            base = f"{_module_path(m.group('mod'), model)}/adapters/{name}/"
+            mod = _module_path(m.group("mod"), model)
+            # Llama: AdapterHub's attention_adapters.adapters.X is our attention_adapters/NAME (one group, no nesting)
+            base = f"{mod}/{name}/" if mod.endswith(("attention_adapters", "output_adapters")) else f"{mod}/adapters/{name}/"
             rest = m.group("rest")
             if (d := re.fullmatch(r"adapter_down\.(\d+)\.(weight|bias)", rest)) and int(d.group(1)) == lin:
                 path = base + "adapter_down/" + ("kernel" if d.group(2) == "weight" else "bias")

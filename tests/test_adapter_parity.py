@@ -27,9 +27,6 @@ from adapters_jax.models import load_hf_dir
 FIX = Path(__file__).parent / "fixtures" / "adapters"
 CASES = sorted(p.stem for p in FIX.glob("*.npz"))
 TOL = 1e-4
-_NO_LLAMA_HOOK = ("models/llama.py calls no hooks.bottleneck / hooks.prefixes yet (LoRA/IA3 work: they live "
-                  "in layers.Linear); remove this mark when they are wired")
-XFAIL: dict[str, str] = {f"tiny-llama__{c}": _NO_LLAMA_HOOK for c in ("double_seq_bn", "seq_bn", "par_bn", "prefix_tuning")}
 
 
 @functools.cache
@@ -64,8 +61,7 @@ def _run(case: str, asset_path) -> tuple[float, float]:
     return float(np.abs(h - ref)[keep].max()), float(np.abs(ref - h0)[keep].max())
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=XFAIL[c]))
-                                  if c in XFAIL else c for c in CASES])
+@pytest.mark.parametrize("case", CASES)
 def test_parity(case, asset_path):
     diff, effect = _run(case, asset_path)
     print(f"{case}: max abs diff {diff:.2e} (adapter effect {effect:.2e})")

@@ -41,8 +41,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from adapters_jax.configs import PrefixTuning, PromptTuning
 from adapters_jax.models import layers
 from adapters_jax.models.hf import CheckpointError
+from adapters_jax.modules import hooks
+from adapters_jax.modules.prefix import prepend
 
 Dtype = Any
 
@@ -177,7 +180,7 @@ class Attention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, h_BxTxD, cos_BxTxK, sin_BxTxK, bias_Bx1xTxT, deterministic: bool = True):
+    def __call__(self, h_BxTxD, cos_BxTxK, sin_BxTxK, bias_Bx1xTxT, deterministic: bool = True, prefix=None):
         c = self.config
         b, t, _ = h_BxTxD.shape
         kw = dict(adapters=self.adapters, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -188,6 +191,8 @@ class Attention(nn.Module):
         q_BxTxHxK = apply_rope(q_BxTxHxK.reshape(b, t, -1, c.head_dim), cos_BxTxK, sin_BxTxK)
         k_BxTxNxK = apply_rope(k_BxTxNxK.reshape(b, t, -1, c.head_dim), cos_BxTxK, sin_BxTxK)
         v_BxTxNxK = v_BxTxNxK.reshape(b, t, -1, c.head_dim)
+        if prefix is not None:  # prefix tuning: un-rotated key/value positions in front (AdapterHub)
+            k_BxTxNxK, v_BxTxNxK, bias_Bx1xTxT = prepend(prefix, k_BxTxNxK, v_BxTxNxK, bias_Bx1xTxT)
         dropout_rng = None
         if not deterministic and c.attention_dropout > 0.0:
             dropout_rng = self.make_rng("dropout")
@@ -222,18 +227,21 @@ class DecoderLayer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, h_BxTxD, cos_BxTxK, sin_BxTxK, bias_Bx1xTxT, deterministic: bool = True):
+    def __call__(self, h_BxTxD, cos_BxTxK, sin_BxTxK, bias_Bx1xTxT, deterministic: bool = True, prefix=None):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x_BxTxD = layers.RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(h_BxTxD)
         attn = Attention(c, adapters=self.adapters, name="self_attn", **kw)
-        attn_out_BxTxD = attn(x_BxTxD, cos_BxTxK, sin_BxTxK, bias_Bx1xTxT, deterministic)
+        attn_out_BxTxD = attn(x_BxTxD, cos_BxTxK, sin_BxTxK, bias_Bx1xTxT, deterministic, prefix)
         attn_out_BxTxD = nn.Dropout(c.dropout)(attn_out_BxTxD, deterministic=deterministic)
-        h_BxTxD = h_BxTxD + attn_out_BxTxD
+        # residual add, with bottleneck adapters inside (pre-LN: no LayerNorm at this point)
+        h_BxTxD = hooks.bottleneck(self, "mh_adapter", attn_out_BxTxD, h_BxTxD, None, deterministic,
+                                   group="attention_adapters")
         x_BxTxD = layers.RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(h_BxTxD)
         mlp_out_BxTxD = MLP(c, adapters=self.adapters, name="mlp", **kw)(x_BxTxD, deterministic)
         mlp_out_BxTxD = nn.Dropout(c.dropout)(mlp_out_BxTxD, deterministic=deterministic)
-        return h_BxTxD + mlp_out_BxTxD
+        return hooks.bottleneck(self, "output_adapter", mlp_out_BxTxD, h_BxTxD, None, deterministic,
+                                group="output_adapters")
 
 
 class LlamaModel(nn.Module):
@@ -252,18 +260,33 @@ class LlamaModel(nn.Module):
         layer_cls = nn.remat(DecoderLayer, static_argnums=(5,)) if c.remat else DecoderLayer
         self.layers = [layer_cls(c, adapters=self.adapters, **kw) for _ in range(c.num_hidden_layers)]
         self.norm = layers.RMSNorm(c.rms_norm_eps, **kw)
+        # prompt and prefix pools exist only when such an adapter is active (params under model/...)
+        self.prompt_tuning = hooks.PromptPool(self.adapters) if hooks.has_active(self, PromptTuning) else None
+        self.prefix_tuning = hooks.PrefixPool(
+            self.adapters, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, c.hidden_size, self.dtype,
+        ) if hooks.has_active(self, PrefixTuning) else None
 
     def __call__(self, input_ids_BxT, attention_mask_BxT=None, deterministic=True, positions_BxT=None):
         c = self.config
         b, t = input_ids_BxT.shape
+        h_BxSxD = self.embed_tokens(input_ids_BxT)
+        n_prompt = 0
+        if self.prompt_tuning is not None:  # soft prompt in front, positions counted over it (PEFT)
+            mask_BxT = jnp.ones((b, t), jnp.int32) if attention_mask_BxT is None else attention_mask_BxT
+            h_BxSxD, attention_mask_BxT, n_prompt = self.prompt_tuning(h_BxSxD, mask_BxT, self.embed_tokens.embedding)
+            if positions_BxT is not None:
+                positions_BxT = jnp.concatenate([jnp.broadcast_to(jnp.arange(n_prompt), (b, n_prompt)),
+                                                 positions_BxT + n_prompt], axis=1)
+        s = t + n_prompt
         if positions_BxT is None:
-            positions_BxT = jnp.broadcast_to(jnp.arange(t), (b, t))
-        cos_BxTxK, sin_BxTxK = rope_cos_sin(positions_BxT, c.head_dim, c.rope_theta)
-        bias_Bx1xTxT = attention_bias(attention_mask_BxT, t, c.sliding_window)
-        h_BxTxD = self.embed_tokens(input_ids_BxT)
-        for layer in self.layers:
-            h_BxTxD = layer(h_BxTxD, cos_BxTxK, sin_BxTxK, bias_Bx1xTxT, deterministic)
-        return self.norm(h_BxTxD)
+            positions_BxT = jnp.broadcast_to(jnp.arange(s), (b, s))
+        cos_BxSxK, sin_BxSxK = rope_cos_sin(positions_BxT, c.head_dim, c.rope_theta)
+        bias_Bx1xSxS = attention_bias(attention_mask_BxT, s, c.sliding_window)
+        prefixes = self.prefix_tuning(b, deterministic) if self.prefix_tuning is not None else None
+        for i, layer in enumerate(self.layers):
+            prefix = prefixes[i] if prefixes is not None else None
+            h_BxSxD = layer(h_BxSxD, cos_BxSxK, sin_BxSxK, bias_Bx1xSxS, deterministic, prefix)
+        return self.norm(h_BxSxD[:, n_prompt:])
 
 
 class Model(nn.Module):

@@ -113,8 +113,12 @@ def linear_output(linear, x_BxTxI, y_BxTxO, deterministic):
     return y_BxTxO
 
 
-def bottleneck(module, location, h_BxTxD, x_in_BxTxD, layer_norm, deterministic):
-    """A sublayer's end: LayerNorm(h + x_in) (or h + x_in when layer_norm is None), adapters inside."""
+def bottleneck(module, location, h_BxTxD, x_in_BxTxD, layer_norm, deterministic, group: str = "adapters"):
+    """A sublayer's end: LayerNorm(h + x_in) (or h + x_in when layer_norm is None), adapters inside.
+
+    Params go under `<group>/<name>/`: "adapters" in BERT's output modules, "attention_adapters"
+    and "output_adapters" in a Llama decoder layer (AdapterHub's names).
+    """
     idx = layer_index(_path(module))
     hits = [(n, c) for n, c in _active(module, Bottleneck)
             if getattr(c, location) and (idx is None or idx not in c.leave_out)]
@@ -124,40 +128,62 @@ def bottleneck(module, location, h_BxTxD, x_in_BxTxD, layer_norm, deterministic)
     def run(group):
         mods = [BottleneckAdapter(c, module.dtype, name=n, parent=group) for n, c in hits]
         return apply_stack(mods, [c for _, c in hits], h_BxTxD, x_in_BxTxD, layer_norm, deterministic)
-    return _Group(name="adapters")(run)
+    return _Group(name=group)(run)
+
+
+def has_active(module, cls) -> bool:
+    return bool(_active(module, cls))
+
+
+class PromptPool(nn.Module):
+    """The active soft prompts, concatenated in active order, in front of the word embeddings."""
+
+    adapters: object
+
+    @nn.compact
+    def __call__(self, w_BxTxD, mask_BxT, table_VxD):
+        hits = self.adapters.active_methods(PromptTuning)
+        p_PxD = jnp.concatenate([SoftPrompt(c, table_VxD, name=n)() for n, c in hits], 0).astype(w_BxTxD.dtype)
+        b, n = w_BxTxD.shape[0], p_PxD.shape[0]
+        w_BxSxD = jnp.concatenate([jnp.broadcast_to(p_PxD, (b, n, p_PxD.shape[1])), w_BxTxD], axis=1)
+        mask_BxS = jnp.concatenate([jnp.ones((b, n), mask_BxT.dtype), mask_BxT], axis=1)
+        return w_BxSxD, mask_BxS, n
+
+
+class PrefixPool(nn.Module):
+    """The active prefix adapters: per layer, (keys, values) [B, P, N, K] concatenated, or None."""
+
+    adapters: object
+    n_layers: int
+    n_heads: int  # key/value heads (num_key_value_heads for grouped-query attention, as AdapterHub)
+    head_dim: int
+    hidden: int
+    dtype: object = jnp.float32
+
+    @nn.compact
+    def __call__(self, batch: int, deterministic: bool):
+        hits = self.adapters.active_methods(PrefixTuning)
+        kvs = [(c, PrefixKV(c, self.n_layers, self.n_heads, self.head_dim, self.hidden, self.dtype, name=n)(
+            batch, deterministic)) for n, c in hits]
+        per_layer = []
+        for i in range(self.n_layers):
+            ks = [kv[:, :, i, 0] for c, kv in kvs if i not in c.leave_out]
+            vs = [kv[:, :, i, 1] for c, kv in kvs if i not in c.leave_out]
+            per_layer.append((jnp.concatenate(ks, 1), jnp.concatenate(vs, 1)) if ks else None)
+        return per_layer
 
 
 def prompt(module, w_BxTxD, mask_BxT, word_embeddings, deterministic):
     """Prepend the active soft prompts to the word embeddings; returns (w, mask, n_prompt)."""
-    hits = _active(module, PromptTuning)
-    if not hits:
+    if not has_active(module, PromptTuning):
         return w_BxTxD, mask_BxT, 0
-    b = w_BxTxD.shape[0]
-
-    def run(group):
-        return [SoftPrompt(c, word_embeddings.embedding, name=n, parent=group)() for n, c in hits]
-    prompts = _Group(name="prompt_tuning")(run)
-    p_PxD = jnp.concatenate(prompts, axis=0).astype(w_BxTxD.dtype)
-    n = p_PxD.shape[0]
-    w_BxSxD = jnp.concatenate([jnp.broadcast_to(p_PxD, (b, n, p_PxD.shape[1])), w_BxTxD], axis=1)
-    mask_BxS = jnp.concatenate([jnp.ones((b, n), mask_BxT.dtype), mask_BxT], axis=1)
-    return w_BxSxD, mask_BxS, n
+    return PromptPool(module.adapters, name="prompt_tuning")(w_BxTxD, mask_BxT, word_embeddings.embedding)
 
 
 def prefixes(module, n_layers, n_heads, head_dim, batch, deterministic):
     """Per-layer (keys, values) [B, P, N, K] of the active prefix adapters, or None."""
-    hits = _active(module, PrefixTuning)
-    if not hits:
+    if not has_active(module, PrefixTuning):
         return None
-    hidden = module.config.hidden_size
-
-    def run(group):
-        return [(c, PrefixKV(c, n_layers, n_heads, head_dim, hidden, module.dtype, name=n, parent=group)(batch, deterministic))
-                for n, c in hits]
-    kvs = _Group(name="prefix_tuning")(run)
-    per_layer = []
-    for i in range(n_layers):
-        ks = [kv[:, :, i, 0] for c, kv in kvs if i not in c.leave_out]
-        vs = [kv[:, :, i, 1] for c, kv in kvs if i not in c.leave_out]
-        per_layer.append((jnp.concatenate(ks, 1), jnp.concatenate(vs, 1)) if ks else None)
-    return per_layer
+    pool = PrefixPool(module.adapters, n_layers, n_heads, head_dim, module.config.hidden_size, module.dtype,
+                      name="prefix_tuning")
+    return pool(batch, deterministic)

@@ -19,6 +19,11 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# The default run: Houlsby adapter on MiniLM-L6 for rt_polarity (fetches both on first use).
+train: $(STAMP)
+	$(PY) scripts/assets.py fetch minilm-l6 rt_polarity
+	$(PY) scripts/train.py --config experiments/configs/rt_houlsby.py $(ARGS)
+
 assets: $(STAMP)
 	$(PY) scripts/assets.py fetch minilm-l6 smollm2-135m
 

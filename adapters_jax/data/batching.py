@@ -29,6 +29,9 @@ the plan over all lengths, so T is decided globally:
     "max"      max_length for every batch (one shape)
     "longest"  the longest row of the global batch (least padding, a shape per length)
     "pack"     max_length, rows packed greedily in epoch order
+group_by_length=W (training): windows of W global batches are sorted by length and
+cut into batches, whose order is then shuffled: far less padding for a small
+change in what shares a batch (deterministic from (seed, epoch) too).
 Padding rows attend to their first position only, so no softmax row is empty.
 """
 from __future__ import annotations
@@ -46,7 +49,8 @@ class Batches:
     def __init__(self, token_ids: Sequence[np.ndarray], labels, batch_size: int, *,
                  padding: str = "buckets", buckets: Sequence[int] = (32, 64, 128), max_length: int | None = None,
                  max_segments: int = 8, pad_id: int = 0, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = True, repeat: bool = True, process_index: int = 0, process_count: int = 1):
+                 drop_last: bool = True, repeat: bool = True, process_index: int = 0, process_count: int = 1,
+                 group_by_length: int = 0):
         self.ids = [np.asarray(x, dtype=np.int32) for x in token_ids]
         self.labels = np.asarray(labels, dtype=np.int32)
         self.lengths = np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
@@ -76,6 +80,9 @@ class Batches:
         self.shuffle, self.drop_last, self.repeat = shuffle, drop_last, repeat
         self.process_index, self.process_count = int(process_index), int(process_count)
         self.seed, self.epoch, self.step = int(seed), 0, 0
+        if group_by_length < 0 or (group_by_length and padding == "pack"):
+            raise DataError(f"group_by_length={group_by_length} must be >= 0 and needs padding other than 'pack'")
+        self.group_by_length = int(group_by_length)
         self._plan_cache: tuple[int, list] | None = None
         if not self._plan(0):
             raise DataError(f"{n} examples make no full batch of {batch_size} with drop_last=True")
@@ -117,11 +124,30 @@ class Batches:
         if self.padding == "pack":
             units = self._pack(units)
         B = self.batch_size
-        plan = [units[i:i + B] for i in range(0, len(units), B)]
+        if self.group_by_length and self.shuffle:
+            plan = self._grouped(units, epoch)
+        else:
+            plan = [units[i:i + B] for i in range(0, len(units), B)]
         if plan and self.drop_last and len(plan[-1]) < B:
             plan.pop()
         self._plan_cache = (epoch, plan)
         return plan
+
+    def _grouped(self, order: list[int], epoch: int) -> list[list[int]]:
+        """Windows of group_by_length batches, sorted by length inside, cut into batches, batches shuffled.
+
+        Similar lengths share a batch, so most batches fit a small bucket (less padding), while the
+        window keeps the data mixed; the tail batch (if partial) stays last so drop_last drops it.
+        """
+        B, W = self.batch_size, self.group_by_length * self.batch_size
+        n_full = len(order) // B * B
+        body, tail = order[:n_full], order[n_full:]
+        batches = []
+        for w in range(0, len(body), W):
+            window = sorted(body[w:w + W], key=lambda i: int(self.lengths[i]))
+            batches += [window[i:i + B] for i in range(0, len(window), B)]
+        perm = np.random.default_rng([self.seed, epoch, 1]).permutation(len(batches))
+        return [batches[i] for i in perm] + ([tail] if tail else [])
 
     def _pack(self, order: list[int]) -> list[list[int]]:
         rows, row, used = [], [], 0

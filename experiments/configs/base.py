@@ -1,0 +1,39 @@
+"""Defaults shared by every experiment config (each config file overrides a few fields)."""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = "minilm-l6"  # asset name, HF-format directory or .gguf file
+    c.dtype = "float32"  # compute dtype: float32 or bfloat16 (params and optimizer state stay float32)
+    c.task = "rt_polarity"  # built-in task, a local .csv/.json/.parquet path, or a hub data set name
+    # for a local .csv/.json/.parquet file (ignored for built-in tasks); no split column: ASSETS.md's sha1 rule
+    c.task_kwargs = ml_collections.ConfigDict({
+        "text_column": "text", "label_column": "label",
+        "split_column": ml_collections.config_dict.placeholder(str),
+    })
+    c.adapter = "houlsby[bottleneck=64,non_linearity=relu]"  # config string; "none" for head-only / full FT
+    c.adapter_name = "default"
+    c.full_finetune = False  # train every base param too (label "base")
+    c.train_rules = []  # extra (regex, label) rules, e.g. [("(^|/)bias$", "bias")] for BitFit
+    c.head = ml_collections.ConfigDict({"pooling": "mean", "hidden_layers": 0, "dropout": 0.1})
+    c.max_length = 64
+    c.padding = "buckets"  # buckets | max | longest
+    c.buckets = (32, 48, 64)  # each bucket is one compiled shape
+    c.group_by_length = 20  # sort windows of 20 batches by length (0: plain shuffle)
+    c.batch_size = 32
+    c.eval_batch_size = 128
+    c.epochs = 2
+    c.max_steps = 0  # > 0: stop after this many steps (the schedule spans them)
+    c.eval_every = 0  # steps; 0 = once per epoch
+    c.log_every = 10
+    c.seed = 0
+    c.progress = True
+    c.optimizer = ml_collections.ConfigDict({
+        "name": "adamw", "lr": 1e-3, "warmup": 0.1, "schedule": "linear", "weight_decay": 0.01,
+        "clip_norm": 1.0, "group_lr": {},
+    })
+    c.checkpoint = ml_collections.ConfigDict({"keep": 2, "keep_best": True, "every": 0, "async_save": True})
+    # fault injection, for the crash-safety tests: SIGKILL this process after step N
+    c.fault = ml_collections.ConfigDict({"sigkill_at_step": 0, "kill_during_save": False})
+    return c

@@ -11,6 +11,7 @@ mutable, so inits that read base weights (prompt_init=vocab) see the real ones.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -160,12 +161,10 @@ def save_adapter(path, model, params, name: str, base_fingerprint: dict | None =
     tmp.mkdir(parents=True, exist_ok=True)
     save_file(leaves, str(tmp / "adapter.safetensors"))
     (tmp / "adapter_config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    if path.exists():
+    if path.exists():  # swap in the new one, then drop the old: a good adapter is never half-overwritten
         old = path.with_name(path.name + ".old")
         path.rename(old)
         tmp.rename(path)
-        import shutil
-
         shutil.rmtree(old)
     else:
         tmp.rename(path)

@@ -1,0 +1,43 @@
+"""Summarise run reports into a results table: python experiments/summarize.py runs/rt_houlsby-seed* ...
+
+Prints a markdown table (one row per run, then mean and std per adapter) and,
+with --json FILE, writes the rows it read.
+"""
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    rows = []
+    for r in args.runs:
+        f = Path(r) / "report.json"
+        if not f.exists():
+            print(f"skipping {r}: no report.json", file=sys.stderr)
+            continue
+        rows.append({"run": Path(r).name, **json.loads(f.read_text())})
+    print("| run | adapter | seed | trainable | share | val acc | test acc | train s | compile s | wall s | tokens/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for x in rows:
+        print(f"| {x['run']} | `{x['adapter']}` | {x['seed']} | {x['trainable_params']:,} | {x['trainable_share']:.2f}% "
+              f"| {100 * x['val_accuracy']:.2f} | {100 * x['test_accuracy']:.2f} | {x['train_s']:.0f} "
+              f"| {x['compile_s']:.0f} | {x['wall_s']:.0f} | {x['tokens_per_s']:.0f} |")
+    by = {}
+    for x in rows:
+        by.setdefault(x["adapter"], []).append(100 * x["test_accuracy"])
+    print()
+    for adapter, accs in by.items():
+        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        print(f"- `{adapter}`: mean test accuracy {statistics.mean(accs):.2f} ± {sd:.2f} over {len(accs)} seed(s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -79,6 +79,7 @@ PEFT_LLAMA = [
      "lora[r=4,alpha=8,use_rslora=true,target=(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)$]"),
     ("ia3", dict(kind="ia3", target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"]),
      "ia3"),
+    ("prompt", dict(kind="prompt", num_virtual_tokens=4), "prompt_tuning[prompt_length=4]"),
 ]
 
 
@@ -106,7 +107,12 @@ def tiny_batch(vocab, pad, seed=0):
     return ids, mask
 
 
+ONLY = None  # set from --only: other cases are computed (same seeds) but not written
+
+
 def save_case(path: Path, tensors: dict, ids, mask, hidden, meta: dict) -> None:
+    if ONLY is not None and path.stem != ONLY:
+        return
     arrays = {f"w/{k}": v.detach().numpy().astype(np.float16) for k, v in tensors.items()}
     np.savez_compressed(path, input_ids=ids, attention_mask=mask, hidden=hidden.astype(np.float32),
                         meta=np.array(json.dumps(meta)), **arrays)
@@ -160,7 +166,12 @@ def peft_case(make_base, base_name, case, spec, ours, ids, mask, seed, llama):
     pm.eval()
     randomise([(n, p) for n, p in pm.named_parameters() if p.requires_grad], torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        if kind == "prompt":  # PEFT prepends the virtual tokens; the reference keeps them
+        if kind == "prompt" and llama:  # PeftModelForCausalLM.forward, up to the decoder's last hidden state
+            t_ids, t_mask = torch.tensor(ids), torch.tensor(mask)
+            embeds = torch.cat([pm.get_prompt(len(ids)), model.get_input_embeddings()(t_ids)], dim=1)
+            full_mask = torch.cat([torch.ones(len(ids), embeds.shape[1] - t_ids.shape[1], dtype=t_mask.dtype), t_mask], 1)
+            hidden = pm.base_model.model(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state.numpy()
+        elif kind == "prompt":  # PEFT prepends the virtual tokens; the reference keeps them
             hidden = pm(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
         else:
             hidden = hidden_of(pm.base_model.model, ids, mask, llama)
@@ -176,18 +187,22 @@ def peft_case(make_base, base_name, case, spec, ours, ids, mask, seed, llama):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--minilm", default=None)
+    ap.add_argument("--only", default=None, help="regenerate just this case (e.g. tiny-llama__prompt)")
     args = ap.parse_args()
     if args.minilm is None:
         cache = Path(os.environ.get("ADAPTERS_JAX_CACHE", Path.home() / ".cache" / "adapters_jax"))
         args.minilm = str(cache / "assets" / "minilm-l6")  # `python scripts/assets.py fetch minilm-l6` puts it there
     FIX.mkdir(parents=True, exist_ok=True)
+    global ONLY
+    ONLY = args.only
 
     # tiny random BERT, saved so our loader reads the very same base
     bert_cfg = BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                           intermediate_size=64, max_position_embeddings=40, hidden_dropout_prob=0.0,
                           attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
-    BertModel(bert_cfg).save_pretrained(FIX / "tiny-bert", safe_serialization=True)
+    if ONLY is None:
+        BertModel(bert_cfg).save_pretrained(FIX / "tiny-bert", safe_serialization=True)
     tiny_bert = lambda: BertModel.from_pretrained(FIX / "tiny-bert").eval()
     ids, mask = tiny_batch(128, 0)
 
@@ -195,7 +210,8 @@ def main():
                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                             tie_word_embeddings=False, rope_theta=10000.0, initializer_range=0.1)
     torch.manual_seed(1)
-    LlamaForCausalLM(llama_cfg).save_pretrained(FIX / "tiny-llama", safe_serialization=True)
+    if ONLY is None:
+        LlamaForCausalLM(llama_cfg).save_pretrained(FIX / "tiny-llama", safe_serialization=True)
     tiny_llama = lambda: LlamaForCausalLM.from_pretrained(FIX / "tiny-llama", attn_implementation="eager").eval()
     lids, lmask = tiny_batch(128, 0, seed=1)
 

@@ -72,7 +72,7 @@ def test_parity(case, asset_path):
 def test_fixture_cases_present():
     want = {f"{b}__{c}" for b in ("tiny-bert", "minilm")
             for c in ("double_seq_bn", "seq_bn", "par_bn", "prefix_tuning", "lora", "rslora", "ia3", "prompt")}
-    want |= {f"tiny-llama__{c}" for c in ("lora", "rslora", "ia3")}
+    want |= {f"tiny-llama__{c}" for c in ("lora", "rslora", "ia3", "prompt")}
     assert want <= set(CASES)
     assert all((FIX / d / "model.safetensors").stat().st_size < 300_000 for d in ("tiny-bert", "tiny-llama"))
 

@@ -3,6 +3,11 @@
     --workdir DIR   run directory (default runs/<config>-<adapter>-seed<seed>-<time>), printed at start
     --resume        continue from the latest complete checkpoint in --workdir
 
+Multi-host (docs/parallel.md): run the same command on every host, with
+    --multihost                       join JAX's multi-controller runtime (TPU pods, SLURM: found automatically)
+    --coordinator_address HOST:PORT   process 0's address (or $JAX_COORDINATOR_ADDRESS)
+    --num_processes N --process_id I  (or $JAX_NUM_PROCESSES, $JAX_PROCESS_ID)
+
 Prints the test accuracy (at the best validation step) and the trainable share,
 and writes DIR/report.json.
 """
@@ -19,6 +24,10 @@ from ml_collections import config_flags  # noqa: E402
 config_flags.DEFINE_config_file("config", "experiments/configs/rt_houlsby.py", "experiment config file")
 flags.DEFINE_string("workdir", None, "run directory")
 flags.DEFINE_bool("resume", False, "resume from the latest checkpoint in --workdir")
+flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize (implied by the next three flags)")
+flags.DEFINE_string("coordinator_address", None, "multi-host: HOST:PORT of process 0")
+flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
+flags.DEFINE_integer("process_id", None, "multi-host: this process's id, 0..num_processes-1")
 FLAGS = flags.FLAGS
 
 
@@ -28,14 +37,21 @@ def main(argv):
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
-    from adapters_jax.train import loop
+    from adapters_jax.train import loop, parallel
+
+    env = {k: os.environ.get(f"JAX_{k.upper()}") for k in ("num_processes", "process_id")}
+    num_processes = FLAGS.num_processes if FLAGS.num_processes is not None else env["num_processes"]
+    process_id = FLAGS.process_id if FLAGS.process_id is not None else env["process_id"]
+    if FLAGS.multihost or FLAGS.coordinator_address or num_processes is not None:
+        parallel.initialize(FLAGS.coordinator_address, None if num_processes is None else int(num_processes),
+                            None if process_id is None else int(process_id))
 
     config = FLAGS.config
     name = Path(FLAGS["config"].config_filename.split(":")[0]).stem
     workdir = FLAGS.workdir or os.path.join("runs", f"{name}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         report = loop.run(config, workdir, resume=FLAGS.resume)
-    except (loop.TrainingError, loop.ckpt_lib.CheckpointError) as e:
+    except (loop.TrainingError, loop.ckpt_lib.CheckpointError, parallel.ParallelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     acc = report["test_accuracy"]

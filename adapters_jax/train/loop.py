@@ -6,6 +6,11 @@ Per run directory: checkpoints/ (Orbax, adapter-only), metrics.jsonl, tb/
 (TensorBoard events), report.json. The compiled step sees one shape per length
 bucket; every shape is compiled ahead of time (timed as compile_s), so the
 steady state never recompiles and train_s is pure stepping.
+
+config.strategy picks where the state lives (train/parallel.py): "single"
+(default), "pmap" or "mesh". On several hosts each process runs this same loop
+on its slice of every global batch; process 0 writes the logs and the report,
+and a preemption stops every host at the same step, which they all save.
 """
 from __future__ import annotations
 
@@ -27,9 +32,10 @@ from adapters_jax.data import tasks, tokenize
 from adapters_jax.data.batching import Batches, eval_batches
 from adapters_jax.partition import param_report, split
 from adapters_jax.train import optimizer as opt_lib
+from adapters_jax.train import parallel
 from adapters_jax.train.step import init_state, make_eval_step, make_train_step
 
-BATCH_KEYS = ("input_ids", "attention_mask", "labels", "example_mask")
+BATCH_KEYS = ("input_ids", "attention_mask", "labels", "example_mask", "index")
 
 
 class TrainingError(RuntimeError):
@@ -77,7 +83,8 @@ def make_optimizer(config, trainable_labels, total_steps: int):
 def _batch_spec(b: int, length: int):
     i32 = jnp.int32
     return {"input_ids": jax.ShapeDtypeStruct((b, length), i32), "attention_mask": jax.ShapeDtypeStruct((b, length), i32),
-            "labels": jax.ShapeDtypeStruct((b,), i32), "example_mask": jax.ShapeDtypeStruct((b,), jnp.bool_)}
+            "labels": jax.ShapeDtypeStruct((b,), i32), "example_mask": jax.ShapeDtypeStruct((b,), jnp.bool_),
+            "index": jax.ShapeDtypeStruct((b,), i32)}
 
 
 def _lengths(config) -> list[int]:
@@ -100,16 +107,19 @@ class _Stop:
         signal.signal(signal.SIGTERM, self._old)
 
 
-def evaluate(eval_fn, trainable, frozen, enc, config, pad_id) -> dict:
+def evaluate(eval_fn, trainable, frozen, enc, config, pad_id, strategy=None) -> dict:
     """Accuracy and mean loss over a split, each example counted once (sorted by length: less padding)."""
+    strategy = strategy or parallel.Single()
     totals = {"correct": 0.0, "count": 0.0, "loss_sum": 0.0}
     order = np.argsort([len(x) for x in enc.ids], kind="stable")
     ids, labels = [enc.ids[i] for i in order], np.asarray(enc.labels)[order]
     for batch in eval_batches(ids, labels, config.eval_batch_size, padding=config.padding,
-                              buckets=_lengths(config), max_length=config.max_length, pad_id=pad_id):
-        out = eval_fn(batch["input_ids"].shape[1])(trainable, frozen, {k: batch[k] for k in BATCH_KEYS})
-        for k, v in jax.device_get(out).items():
-            totals[k] += float(v)
+                              buckets=_lengths(config), max_length=config.max_length, pad_id=pad_id,
+                              process_index=jax.process_index(), process_count=jax.process_count()):
+        batch = strategy.put_batch({k: batch[k] for k in BATCH_KEYS})
+        out = eval_fn(batch["input_ids"].shape[-1])(trainable, frozen, batch)
+        for k, v in strategy.scalars(out).items():
+            totals[k] += v
     n = max(totals["count"], 1.0)
     return {"accuracy": totals["correct"] / n, "loss": totals["loss_sum"] / n, "count": int(totals["count"])}
 
@@ -121,6 +131,8 @@ def run(config, workdir: str | Path, resume: bool = False) -> dict:
     print(f"workdir: {workdir.resolve()}", flush=True)
 
     base, task, model, params, labels = build(config)
+    strategy = parallel.make(config)
+    primary = jax.process_index() == 0
     report0 = param_report(params, labels)
     print(f"{config.model} + {config.adapter or 'no adapter'}: {report0}", flush=True)
     trainable, frozen = split(params, labels)
@@ -138,8 +150,15 @@ def run(config, workdir: str | Path, resume: bool = False) -> dict:
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     eval_every = config.eval_every or steps_per_epoch
 
+    b_local, eval_b_local = config.batch_size // jax.process_count(), config.eval_batch_size // jax.process_count()
+    for what, b in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
+        if b % (jax.process_count() * strategy.batch_divisor):
+            raise TrainingError(f"{what}={b} does not split over {jax.process_count()} process(es) x "
+                                f"{strategy.batch_divisor} batch shard(s) per process (strategy {strategy.name}); "
+                                "choose a multiple")
     optimizer = make_optimizer(config, trainable_labels, total_steps)
-    state = init_state(trainable, optimizer, config.seed)
+    state = strategy.init_state(trainable, optimizer, config.seed)
+    frozen = strategy.put_frozen(frozen)
 
     meta = {
         "adapter": config.adapter, "adapter_setup": aj.configs.to_string(
@@ -154,32 +173,32 @@ def run(config, workdir: str | Path, resume: bool = False) -> dict:
                                          async_save=config.checkpoint.async_save)
     best = {"val_accuracy": -1.0, "test_accuracy": None, "step": None}
     if resume:
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-        state, position, _ = checkpointer.restore(abstract)
+        restored, position, _ = checkpointer.restore(strategy.restore_target(state))
+        state = strategy.from_global(restored)
         train_batches.restore(position)
         best_file = workdir / "best.json"
         if best_file.exists():
             best = json.loads(best_file.read_text())
-        print(f"resumed from step {int(state['step'])}", flush=True)
+        print(f"resumed from step {int(restored['step'])}", flush=True)
     elif checkpointer.latest_step() is not None:
         raise TrainingError(f"{checkpointer.dir} already holds checkpoints (latest step "
                             f"{checkpointer.latest_step()}); pass --resume to continue, or choose another --workdir")
 
     # Compile every shape ahead of time: the steady state never recompiles.
     t_compile = time.time()
-    train_jit = jax.jit(make_train_step(model, optimizer), donate_argnums=(0,))
-    eval_jit = jax.jit(make_eval_step(model))
-    b_local = config.batch_size // jax.process_count()
-    train_fns = {n: train_jit.lower(state, frozen, _batch_spec(b_local, n)).compile() for n in _lengths(config)}
-    eval_fns = {n: eval_jit.lower(state["trainable"], frozen, _batch_spec(config.eval_batch_size, n)).compile()
-                for n in _lengths(config)}
+    train_jit = strategy.jit_train(make_train_step(model, optimizer, axis_name=strategy.axis_name))
+    eval_jit = strategy.jit_eval(make_eval_step(model))
+    train_fns = {n: train_jit.lower(state, frozen, strategy.batch_spec(_batch_spec(b_local, n))).compile()
+                 for n in _lengths(config)}
+    eval_fns = {n: eval_jit.lower(state["trainable"], frozen, strategy.batch_spec(_batch_spec(eval_b_local, n)))
+                .compile() for n in _lengths(config)}
     compile_s = time.time() - t_compile
     print(f"compiled {len(train_fns)} train and {len(eval_fns)} eval shapes in {compile_s:.1f}s", flush=True)
 
-    metrics_file = (workdir / "metrics.jsonl").open("a")
+    metrics_file = (workdir / "metrics.jsonl").open("a") if primary else open(os.devnull, "w")
     from tensorboardX import SummaryWriter
 
-    tb = SummaryWriter(str(workdir / "tb"))
+    tb = SummaryWriter(str(workdir / "tb"), write_to_disk=primary)
 
     def log(kind: str, step: int, values: dict):
         metrics_file.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
@@ -190,33 +209,38 @@ def run(config, workdir: str | Path, resume: bool = False) -> dict:
 
     def do_eval(step: int):
         nonlocal best
-        val = evaluate(eval_fns.get, state["trainable"], frozen, enc["validation"], config, pad_id)
+        val = evaluate(eval_fns.get, state["trainable"], frozen, enc["validation"], config, pad_id, strategy)
         out = {"val_accuracy": val["accuracy"], "val_loss": val["loss"]}
         if val["accuracy"] > best["val_accuracy"]:
-            test = evaluate(eval_fns.get, state["trainable"], frozen, enc["test"], config, pad_id)
+            test = evaluate(eval_fns.get, state["trainable"], frozen, enc["test"], config, pad_id, strategy)
             best = {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"], "step": step}
             out["test_accuracy"] = test["accuracy"]
-            (workdir / "best.json").write_text(json.dumps(best))
+            if primary:
+                (workdir / "best.json").write_text(json.dumps(best))
         log("eval", step, out)
-        print(f"step {step}: val acc {val['accuracy']:.4f}" +
-              (f", test acc {out['test_accuracy']:.4f}" if "test_accuracy" in out else ""), flush=True)
+        if primary:
+            print(f"step {step}: val acc {val['accuracy']:.4f}" +
+                  (f", test acc {out['test_accuracy']:.4f}" if "test_accuracy" in out else ""), flush=True)
         return out
 
     from tqdm import tqdm
 
-    stop = _Stop()
-    step = int(state["step"])
+    # one host: SIGTERM sets a flag; several: JAX's preemption service catches it and picks the step
+    stop = _Stop() if jax.process_count() == 1 else None
+    step = int(strategy.scalars({"step": state["step"]})["step"])
     train_s = eval_s = 0.0
     real_tokens = padded_tokens = 0
     kill_at = config.fault.sigkill_at_step
     it = iter(train_batches)
-    bar = tqdm(total=total_steps, initial=step, disable=not config.progress, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=step, disable=not (config.progress and primary), dynamic_ncols=True)
     try:
         while step < total_steps:
             batch = next(it)
             t0 = time.time()
-            state, m = train_fns[batch["input_ids"].shape[1]](state, frozen, {k: batch[k] for k in BATCH_KEYS})
-            loss = float(m["loss"])
+            state, m = train_fns[batch["input_ids"].shape[1]](state, frozen,
+                                                              strategy.put_batch({k: batch[k] for k in BATCH_KEYS}))
+            m = strategy.scalars(m)
+            loss = m["loss"]
             train_s += time.time() - t0
             step += 1
             real_tokens += int(batch["attention_mask"].sum())
@@ -228,29 +252,31 @@ def run(config, workdir: str | Path, resume: bool = False) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{real_tokens / max(train_s, 1e-9):.0f}")
             if step % config.log_every == 0 or step == total_steps:
-                log("train", step, {"loss": loss, "grad_norm": float(m["grad_norm"]),
+                log("train", step, {"loss": loss, "grad_norm": m["grad_norm"],
                                     "tokens_per_s": real_tokens / max(train_s, 1e-9)})
             evaluated = None
             if step % eval_every == 0 or step == total_steps:
                 t0 = time.time()
                 evaluated = do_eval(step)
                 eval_s += time.time() - t0
+            stopping = parallel.should_stop(step, stop is not None and stop.requested)
             if evaluated is not None or (config.checkpoint.every and step % config.checkpoint.every == 0) \
-                    or stop.requested:
-                checkpointer.save(state, train_batches.state(),
+                    or stopping:
+                checkpointer.save(strategy.to_global(state), train_batches.state(),
                                   metrics={"val_accuracy": evaluated["val_accuracy"]} if evaluated else None)
             if kill_at and step == kill_at:  # fault injection for the crash-safety tests
                 if not config.fault.kill_during_save:
                     checkpointer.wait()
                 os.kill(os.getpid(), signal.SIGKILL)
-            if stop.requested:
+            if stopping:
                 checkpointer.wait()
                 print(f"SIGTERM: saved step {step}, exiting", flush=True)
                 break
         checkpointer.wait()
     finally:
         bar.close()
-        stop.restore()
+        if stop is not None:
+            stop.restore()
         metrics_file.close()
         tb.close()
 
@@ -262,9 +288,11 @@ def run(config, workdir: str | Path, resume: bool = False) -> dict:
         "completed": step >= total_steps, "wall_s": time.time() - t_start, "train_s": train_s,
         "eval_s": eval_s, "compile_s": compile_s, "tokens_per_s": real_tokens / max(train_s, 1e-9),
         "padded_tokens_per_s": padded_tokens / max(train_s, 1e-9), "devices": jax.device_count(),
-        "platform": jax.devices()[0].platform,
+        "platform": jax.devices()[0].platform, "strategy": strategy.name, "processes": jax.process_count(),
+        "mesh": dict(strategy.sizes) if strategy.name == "mesh" else None,
     }
-    (workdir / "report.json").write_text(json.dumps(report, indent=2))
+    if primary:
+        (workdir / "report.json").write_text(json.dumps(report, indent=2))
     checkpointer.close()
     return report
 
@@ -275,10 +303,9 @@ def final_trainable(workdir: str | Path, config) -> dict:
     trainable, _ = split(params, labels)
     trainable_labels, _ = split(labels, labels)
     state = init_state(trainable, make_optimizer(config, trainable_labels, 10), config.seed)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     c = ckpt_lib.Checkpointer(workdir, {}, async_save=False)
-    try:
-        restored, _, _ = c.restore(abstract)
+    try:  # whatever strategy wrote it, it reads onto one device
+        restored, _, _ = c.restore(parallel.Single().restore_target(state))
     finally:
         c.close()
     return jax.device_get(restored["trainable"])

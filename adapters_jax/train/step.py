@@ -5,6 +5,12 @@ The state is a plain dict pytree (what Orbax saves): {"step", "trainable",
 never differentiated: the gradient is taken w.r.t. `trainable` only, so XLA
 computes no weight gradient for a frozen matrix, and passing it (rather than
 closing over it) keeps it out of the compiled program's constants.
+
+Dropout is keyed per example: example i of a batch draws its masks from
+fold_in(fold_in(state rng, step), index_i), index_i being its global row in the
+data set (batch["index"] from Batches; the row in the batch when absent). The
+forward pass is vmapped over examples with those keys, so a step's randomness
+does not depend on how the batch is split over devices or hosts.
 """
 from __future__ import annotations
 
@@ -43,10 +49,32 @@ def causal_lm_loss(logits_BxTxV, input_ids_BxT, loss_mask_BxT):
     return (nll_BxT * w_BxT).sum() / jnp.maximum(w_BxT.sum(), 1.0)
 
 
+def example_keys(rng, batch):
+    """One dropout key per row: fold_in(rng, global example index) (packed rows: their first example)."""
+    index_B = batch.get("index")
+    if index_B is None:
+        index_B = jnp.arange(batch["input_ids"].shape[0], dtype=jnp.int32)
+    elif index_B.ndim == 2:
+        index_B = index_B[:, 0]
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, index_B)
+
+
 def forward(model, params, batch, deterministic: bool, rng=None):
-    rngs = None if deterministic else {"dropout": rng}
-    return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                       deterministic=deterministic, rngs=rngs)
+    if deterministic:
+        return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], deterministic=True)
+
+    def one(ids_T, mask_T, key):
+        return model.apply({"params": params}, ids_T[None], mask_T[None], deterministic=False,
+                           rngs={"dropout": key})[0]
+
+    return jax.vmap(one)(batch["input_ids"], batch["attention_mask"], example_keys(rng, batch))
+
+
+def loss_weight(batch, task: str):
+    """What the loss is averaged over: real rows (classification) or target tokens (causal LM)."""
+    if task == "classification":
+        return batch["example_mask"].astype(jnp.float32).sum()
+    return batch.get("loss_mask", batch["attention_mask"])[:, 1:].astype(jnp.float32).sum()
 
 
 def batch_loss(model, params, batch, deterministic, rng, task: str):
@@ -56,16 +84,28 @@ def batch_loss(model, params, batch, deterministic, rng, task: str):
     return causal_lm_loss(logits, batch["input_ids"], batch.get("loss_mask", batch["attention_mask"]))
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation, task: str = "classification") -> Callable:
-    """train_step(state, frozen, batch) -> (state, metrics); jit it with donate_argnums=(0,)."""
+def make_train_step(model, optimizer: optax.GradientTransformation, task: str = "classification",
+                    axis_name: str | None = None) -> Callable:
+    """train_step(state, frozen, batch) -> (state, metrics); jit it with donate_argnums=(0,).
+
+    axis_name: inside pmap, the mapped axis. Each device's loss is its rows' sum over the global
+    weight, and loss and grads are psum'd: the global mean (pmean of the per-device grads when the
+    devices hold equally many real rows, and exact when they do not).
+    """
 
     def train_step(state, frozen, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
+        scale = 1.0
+        if axis_name is not None:
+            local = jnp.maximum(loss_weight(batch, task), 1.0)
+            scale = local / jnp.maximum(jax.lax.psum(loss_weight(batch, task), axis_name), 1.0)
 
         def loss_fn(trainable):
-            return batch_loss(model, merge(trainable, frozen), batch, False, rng, task)
+            return batch_loss(model, merge(trainable, frozen), batch, False, rng, task) * scale
 
         loss, grads = jax.value_and_grad(loss_fn)(state["trainable"])
+        if axis_name is not None:
+            loss, grads = jax.lax.psum((loss, grads), axis_name)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
         trainable = optax.apply_updates(state["trainable"], updates)
         new = {"step": state["step"] + 1, "trainable": trainable, "opt_state": opt_state, "rng": state["rng"]}

@@ -33,6 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
         "name": "adamw", "lr": 1e-3, "warmup": 0.1, "schedule": "linear", "weight_decay": 0.01,
         "clip_norm": 1.0, "group_lr": {},
     })
+    # where the state lives (docs/parallel.md): single | pmap (data parallel, replicated) | mesh (jit over a
+    # (data, fsdp, tensor) Mesh; -1 = the devices the others leave; the frozen base sharded by rules)
+    c.strategy = "single"
+    c.mesh = ml_collections.ConfigDict({"shape": (-1, 1, 1), "shard_trainable": False, "min_shard_bytes": 2**20})
     c.checkpoint = ml_collections.ConfigDict({"keep": 2, "keep_best": True, "every": 0, "async_save": True})
     # fault injection, for the crash-safety tests: SIGKILL this process after step N
     c.fault = ml_collections.ConfigDict({"sigkill_at_step": 0, "kill_during_save": False})

@@ -44,6 +44,37 @@ class Linear(nn.Module):
         return y_BxTxO
 
 
+@jax.custom_vjp
+def materialize_grad(x):
+    """Identity whose backward pass writes the incoming gradient to memory once (XLA:CPU only).
+
+    XLA:CPU fuses cheap elementwise producers into every consumer. In a
+    transformer's backward pass the residual stream's gradient is such a chain
+    (each norm's backward, layer after layer), so each of the ~20 fusions that
+    read it per layer recomputes it from all later layers: measured ~25% of a
+    Houlsby step on MiniLM-L6 (profile: bench/results/README.md). The barrier is
+    a one-trip while loop (opaque to fusion; XLA drops optimization_barrier and
+    turns small conditionals into selects). Values are unchanged: y * 1.0.
+    """
+    return x
+
+
+def _materialize_fwd(x):
+    return x, None
+
+
+def _materialize_bwd(_, g):
+    if jax.default_backend() != "cpu":
+        return (g,)
+    first = g.reshape(-1)[0]
+    trips = 1 + (first != first).astype(jnp.int32)  # 1 or 2, unknown to the compiler
+    one = lambda i: jnp.where(i >= 0, 1, 0).astype(g.dtype)
+    return (jax.lax.fori_loop(0, trips, lambda i, y: y * one(i), g),)
+
+
+materialize_grad.defvjp(_materialize_fwd, _materialize_bwd)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm computed in float32 whatever the compute dtype (params `scale`, `bias`)."""
 
@@ -56,7 +87,7 @@ class LayerNorm(nn.Module):
         d = x_BxTxD.shape[-1]
         scale_D = self.param("scale", nn.initializers.ones, (d,), self.param_dtype)
         bias_D = self.param("bias", nn.initializers.zeros, (d,), self.param_dtype)
-        x = x_BxTxD.astype(jnp.float32)
+        x = materialize_grad(x_BxTxD).astype(jnp.float32)
         mean = x.mean(-1, keepdims=True)
         var = jnp.square(x - mean).mean(-1, keepdims=True)
         y = (x - mean) * jax.lax.rsqrt(var + self.eps)
@@ -73,7 +104,7 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         scale_D = self.param("scale", nn.initializers.ones, (x_BxTxD.shape[-1],), self.param_dtype)
-        x = x_BxTxD.astype(jnp.float32)
+        x = materialize_grad(x_BxTxD).astype(jnp.float32)
         y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps)
         return (y * scale_D.astype(jnp.float32)).astype(self.dtype)
 

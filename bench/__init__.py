@@ -1,0 +1,1 @@
+"""Benchmark workers for scripts/bench.py (one configuration per process)."""

@@ -1,0 +1,36 @@
+"""What each benchmark method means, on both sides (no jax, no torch: both workers import it).
+
+Every method is the same work for us and for its peer: the same adapter shape
+(bottleneck 64 with ReLU for Houlsby/Pfeiffer, LoRA r=8 alpha=8 on query and
+value, IA3 on keys/values/FFN), AdamW (lr 1e-3, weight decay 0.01) behind
+global-norm clipping at 1.0, float32, dropout as the model config has it.
+"""
+import json
+import sys
+
+BOTTLENECK = 64
+
+# method -> our adapter config string (None: no adapter; "full" trains the base too, "head" only the head)
+JAX_SPECS = {
+    "full": None,
+    "houlsby": f"houlsby[bottleneck={BOTTLENECK},non_linearity=relu]",
+    "pfeiffer": f"pfeiffer[bottleneck={BOTTLENECK},non_linearity=relu]",
+    "parallel": "parallel",
+    "lora": "lora[r=8,alpha=8,attn_matrices=[q,v]]",
+    "ia3": "ia3",
+    "prefix_tuning": "prefix_tuning",
+    "prompt_tuning": "prompt_tuning",
+    "head": None,
+}
+# method -> the peer library that implements the same work
+PEERS = {"full": "pytorch", "houlsby": "adapterhub", "pfeiffer": "adapterhub", "lora": "peft", "ia3": "peft"}
+
+MODELS = {"minilm-l6": "classification", "bert-base-random": "classification", "smollm2-135m": "lm"}
+
+RESULT_TAG = "BENCH_RESULT "
+
+
+def emit(record: dict) -> None:
+    """A worker's one result line on stdout (the parent picks it out of any other output)."""
+    sys.stdout.write(RESULT_TAG + json.dumps(record) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,175 @@
+"""One JAX configuration (or the matmul peak probe) in its own process; prints one result line.
+
+    python bench/jax_worker.py '{"model": "minilm-l6", "method": "houlsby", "batch": 32, "seq": 128, ...}'
+    python bench/jax_worker.py '{"probe": "matmul"}'
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.common import JAX_SPECS, MODELS, emit  # noqa: E402
+
+
+def tree_bytes(tree) -> int:
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype")))
+
+
+def matmul_peak(dtype: str, reps: int = 12) -> dict:
+    """Best FLOP/s of a plain [4096, 384] x [384, 1536] matmul (this model's FFN shape) and of a 2048^3 one."""
+    out = {}
+    for m, k, n in ((4096, 384, 1536), (2048, 2048, 2048)):
+        a = jnp.ones((m, k), dtype)
+        b = jnp.ones((k, n), dtype)
+        f = jax.jit(lambda a, b: a @ b)
+        f(a, b).block_until_ready()
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            f(a, b).block_until_ready()
+            best = min(best, time.perf_counter() - t0)
+        out[f"{m}x{k}x{n}"] = 2.0 * m * k * n / best
+    return out
+
+
+def build(cfg):
+    import adapters_jax as aj
+
+    dtype = jnp.dtype(cfg.get("dtype", "float32"))
+    name = cfg["model"]
+    if name == "bert-base-random":  # BERT-base shape, random weights: speed does not depend on values
+        from adapters_jax.models import bert
+
+        conf = bert.Config()
+        model = bert.Model(conf, dtype=dtype)
+        params = model.init(jax.random.PRNGKey(0), bert.dummy_inputs(conf))["params"]
+        base = (model, params)
+    else:
+        base = aj.load(name, dtype=dtype)
+    task = MODELS[name]
+    method = cfg["method"]
+    head = aj.heads.Classification(2) if task == "classification" else None
+    model, params = aj.add_adapters(base, JAX_SPECS[method], head=head)
+    extra = [(".*", "base")] if method == "full" else []
+    labels = aj.labels(model, params, extra=extra)
+    return model, params, labels, task
+
+
+def batch_for(cfg, model, task):
+    rng = np.random.default_rng(0)
+    b, t = cfg["batch"], cfg["seq"]
+    vocab = model.config.vocab_size
+    batch = {"input_ids": jnp.asarray(rng.integers(1000, vocab - 1, (b, t)), jnp.int32),
+             "attention_mask": jnp.ones((b, t), jnp.int32)}
+    if task == "classification":
+        batch["labels"] = jnp.asarray(rng.integers(0, 2, (b,)), jnp.int32)
+        batch["example_mask"] = jnp.ones((b,), bool)
+    return batch
+
+
+def checkpoint_bytes(state) -> int:
+    """Bytes on disk of the train state (trainable params, optimizer state, step, rng) saved with Orbax."""
+    from adapters_jax.checkpoint import Checkpointer
+
+    tmp = tempfile.mkdtemp(prefix="bench_ckpt_")
+    try:
+        ck = Checkpointer(tmp, {"bench": True}, keep=1, best_metric=None, async_save=False)
+        ck.save(state, {"position": 0})
+        ck.wait()
+        ck.close()
+        return sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(cfg) -> dict:
+    from adapters_jax.partition import param_report, split
+    from adapters_jax.train import optimizer as opt_lib
+    from adapters_jax.train.step import init_state, make_train_step
+
+    t_load = time.perf_counter()
+    model, params, labels, task = build(cfg)
+    report = param_report(params, labels)
+    trainable, frozen = split(params, labels)
+    trainable_labels, _ = split(labels, labels)
+    opt = opt_lib.make(trainable_labels, lr=1e-3, total_steps=1000, warmup=0.1, weight_decay=0.01, clip_norm=1.0)
+    state = init_state(trainable, opt, 0)
+    batch = batch_for(cfg, model, task)
+    load_s = time.perf_counter() - t_load
+    rec = {
+        "param_bytes": tree_bytes(params), "trainable_params": report.trainable, "total_params": report.total,
+        "trainable_bytes": tree_bytes(trainable), "frozen_bytes": tree_bytes(frozen),
+        "grad_bytes": tree_bytes(trainable),  # one gradient per trainable leaf, same shape and dtype
+        "opt_state_bytes": tree_bytes(state["opt_state"]),
+    }
+    step = jax.jit(make_train_step(model, opt, "classification" if task == "classification" else "lm"),
+                   donate_argnums=(0,))
+    t0 = time.perf_counter()
+    lowered = step.lower(state, frozen, batch)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    mem = compiled.memory_analysis()
+    times = []
+    for i in range(cfg["warmup"] + cfg["steps"]):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, frozen, batch)
+        jax.block_until_ready(metrics["loss"])
+        times.append(time.perf_counter() - t0)
+    loss = float(metrics["loss"])
+    measured = times[cfg["warmup"]:]
+    med = statistics.median(measured)
+    flops = float(cost.get("flops", 0.0)) if cost else None
+    rec.update({
+        "step_s_median": med, "step_s_min": min(measured), "step_s_max": max(measured), "step_s_all": measured,
+        "first_step_s": times[0], "compile_s": compile_s, "load_s": load_s,
+        "tokens_per_s": cfg["batch"] * cfg["seq"] / med,
+        "model_flops": flops, "flops_source": "xla cost_analysis of the compiled train step",
+        "achieved_flops_per_s": flops / med if flops else None,
+        "xla_bytes_accessed": float(cost.get("bytes accessed", 0.0)) if cost else None,
+        "xla_argument_bytes": mem.argument_size_in_bytes if mem else None,
+        "xla_output_bytes": mem.output_size_in_bytes if mem else None,
+        "xla_alias_bytes": mem.alias_size_in_bytes if mem else None,
+        "xla_temp_bytes": mem.temp_size_in_bytes if mem else None,
+        "loss_after": loss,
+        "checkpoint_bytes": checkpoint_bytes(state),
+        "device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
+        "model_config": dataclasses.asdict(model.config),
+        "jax_version": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    })
+    stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        rec["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
+    rec["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return rec
+
+
+def main():
+    cfg = json.loads(sys.argv[1])
+    if cfg.get("probe") == "matmul":
+        emit({"impl": "jax", "probe": "matmul", "flops_per_s": matmul_peak(cfg.get("dtype", "float32")),
+              "platform": jax.devices()[0].platform})
+        return
+    rec = {"impl": "jax", "method": cfg["method"], "model": cfg["model"], "batch": cfg["batch"], "seq": cfg["seq"],
+           "dtype": cfg.get("dtype", "float32"), "adapter_spec": JAX_SPECS[cfg["method"]]}
+    rec.update(run(cfg))
+    emit(rec)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Training cost of every method against full fine-tuning and against the PyTorch peers, in one run.
+
+    python scripts/bench.py --model minilm-l6 --batch 32 --seq 128 \
+        --methods full,houlsby,pfeiffer,parallel,lora,ia3,prefix_tuning,prompt_tuning,head \
+        --peers --out bench/results/minilm-l6.jsonl
+
+    # scaling: one axis at a time (comma lists; every batch x seq pair runs)
+    python scripts/bench.py --model minilm-l6 --batch 32 --seq 32,64,128,256 --methods full,houlsby,lora
+
+Each configuration runs in its own process (bench/jax_worker.py with this
+interpreter, bench/peers.py with the peers' --peers-python), so peak RSS is per
+configuration. Peers run right after our run of the same method (interleaved, so
+machine drift cancels). The matmul peak is measured in the same run, before and
+after the configurations, by XLA and (with --peers) by PyTorch; each row's share
+of the peak is its achieved FLOP/s over the best of those. Writes one JSON line
+per configuration (and per probe) and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import JAX_SPECS, MODELS, PEERS, RESULT_TAG  # noqa: E402
+
+
+def run_worker(python: str, script: str, cfg: dict, timeout: float) -> dict:
+    """One worker process; returns its result record, or an error record naming what failed."""
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run([python, str(ROOT / script), json.dumps(cfg)], capture_output=True, text=True,
+                           timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in p.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            rec = json.loads(line[len(RESULT_TAG):])
+            rec["process_s"] = time.perf_counter() - t0
+            return rec
+    tail = (p.stderr or p.stdout).strip().splitlines()[-6:]
+    return {"error": f"{script} exited {p.returncode} without a result: " + " | ".join(tail)}
+
+
+def load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def fmt_mib(x) -> str:
+    return "-" if x is None else f"{x / 2**20:,.1f}" if x >= 2**20 / 10 else f"{x / 2**20:.3f}"
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| model | B | T | impl | method | step s (min-max) | tokens/s | vs full | jax/peer | compile s "
+            "| trainable MiB | grad+opt MiB | ckpt MiB | peak RSS MiB | GFLOP/step | GFLOP/s | % peak |")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r.get('model')} | {r.get('batch')} | {r.get('seq')} | {r.get('impl')} | {r.get('method')} "
+                       f"| error: {r['error'][:80]} |" + " |" * 12)
+            continue
+        gf = r.get("model_flops")
+        out.append(
+            f"| {r['model']} | {r['batch']} | {r['seq']} | {r['impl']} | {r['method']} "
+            f"| {r['step_s_median']:.3f} ({r['step_s_min']:.2f}-{r['step_s_max']:.2f}) | {r['tokens_per_s']:,.0f} "
+            f"| {r.get('step_vs_full', float('nan')):.2f} | {r.get('jax_over_peer', float('nan')):.2f} "
+            f"| {'-' if r.get('compile_s') is None else format(r['compile_s'], '.1f')} "
+            f"| {fmt_mib(r['trainable_bytes'])} | {fmt_mib(r['grad_bytes'] + r['opt_state_bytes'])} "
+            f"| {fmt_mib(r.get('checkpoint_bytes'))} | {fmt_mib(r['peak_rss_bytes'])} "
+            f"| {'-' if not gf else format(gf / 1e9, '.0f')} "
+            f"| {'-' if not gf else format(r['achieved_flops_per_s'] / 1e9, '.0f')} "
+            f"| {'-' if r.get('peak_share') is None else format(100 * r['peak_share'], '.0f')} |")
+    return "\n".join(out).replace(" nan ", " - ")
+
+
+def annotate(rows: list[dict], peak: float | None) -> None:
+    """Ratios inside one run: step time over our full fine-tuning's, our tokens/s over the peer's."""
+    ok = [r for r in rows if "error" not in r]
+    key = lambda r: (r["model"], r["batch"], r["seq"])
+    jax_rows = {key(r) + (r["method"],): r for r in ok if r["impl"] == "jax"}
+    for r in ok:
+        full = jax_rows.get(key(r) + ("full",)) if r["impl"] == "jax" else None
+        if full is not None:
+            r["step_vs_full"] = r["step_s_median"] / full["step_s_median"]
+            r["grad_opt_vs_full"] = (r["grad_bytes"] + r["opt_state_bytes"]) / (full["grad_bytes"] + full["opt_state_bytes"])
+            r["peak_rss_vs_full"] = r["peak_rss_bytes"] / full["peak_rss_bytes"]
+        r["opt_state_over_trainable"] = r["opt_state_bytes"] / max(r["trainable_bytes"], 1)
+        if peak and r.get("achieved_flops_per_s"):
+            r["matmul_peak_flops_per_s"] = peak
+            r["peak_share"] = r["achieved_flops_per_s"] / peak
+        if r["impl"] != "jax":
+            ours = jax_rows.get(key(r) + (r["method"],))
+            if ours is not None:
+                ratio = ours["tokens_per_s"] / r["tokens_per_s"]
+                r["jax_over_peer"] = ratio
+                ours["jax_over_peer"] = ratio
+                ours["peer"] = r["impl"]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="minilm-l6", choices=sorted(MODELS))
+    ap.add_argument("--batch", default="32", help="batch size, or a comma list (every batch x seq pair runs)")
+    ap.add_argument("--seq", default="128", help="sequence length, or a comma list")
+    ap.add_argument("--methods", default="full,houlsby,pfeiffer,parallel,lora,ia3,prefix_tuning,prompt_tuning,head")
+    ap.add_argument("--peers", action="store_true", help="also run the PyTorch peers, interleaved with ours")
+    ap.add_argument("--peers-python", default=str(ROOT / ".venv-peers/bin/python"))
+    ap.add_argument("--dtype", default="float32", help="compute dtype: float32, or bfloat16 on GPU/TPU")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps after compile")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps (median, min, max)")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
+    ap.add_argument("--out", help="JSONL file to write (appends)")
+    args = ap.parse_args(argv)
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in JAX_SPECS]
+    if bad:
+        ap.error(f"unknown methods {bad}; choose from {sorted(JAX_SPECS)}")
+    if args.peers and not Path(args.peers_python).exists():
+        ap.error(f"--peers needs the peers' interpreter at {args.peers_python} (see --peers-python)")
+    batches = [int(x) for x in args.batch.split(",")]
+    seqs = [int(x) for x in args.seq.split(",")]
+    points = [(b, t) for b in batches for t in seqs]
+    command = "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    run_info = {"command": command, "host": platform.node(), "cpu_count": os.cpu_count(),
+                "machine": platform.processor() or platform.machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "load_avg_start": load_avg()}
+    model_dir = None
+    if args.peers and args.model == "minilm-l6":
+        from adapters_jax.data import assets
+        model_dir = str(assets.model_path("minilm-l6"))
+
+    rows, probes = [], []
+
+    def probe(when):
+        cfg = {"probe": "matmul", "dtype": args.dtype}
+        probes.append({**run_worker(sys.executable, "bench/jax_worker.py", cfg, 600), "when": when})
+        if args.peers:
+            probes.append({**run_worker(args.peers_python, "bench/peers.py", cfg, 600), "when": when})
+
+    probe("start")
+    model_config = None
+    common = {"model": args.model, "dtype": args.dtype, "warmup": args.warmup, "steps": args.steps}
+    for b, t in points:
+        for m in methods:
+            cfg = {**common, "method": m, "batch": b, "seq": t}
+            for impl in ["jax"] + ([PEERS[m]] if args.peers and m in PEERS else []):
+                if impl == "jax":
+                    rec = run_worker(sys.executable, "bench/jax_worker.py", cfg, args.timeout)
+                    model_config = rec.get("model_config", model_config)
+                elif model_config is None:
+                    rec = {"error": "no model config (our run of this model failed first)"}
+                else:
+                    pcfg = {**cfg, "model_config": model_config, "model_dir": model_dir}
+                    rec = run_worker(args.peers_python, "bench/peers.py", pcfg, args.timeout)
+                rec = {"impl": impl, "method": m, "model": args.model, "batch": b, "seq": t, **rec,
+                       "load_avg": load_avg()}
+                rec.pop("model_config", None)
+                rows.append(rec)
+                status = rec.get("error") or f"{rec['step_s_median']:.3f} s/step"
+                print(f"[{time.strftime('%H:%M:%S')}] {args.model} B={b} T={t} {impl:10s} {m:14s} {status} "
+                      f"(load {rec['load_avg'][0]})", file=sys.stderr, flush=True)
+    probe("end")
+
+    peaks = [v for p in probes if "flops_per_s" in p for v in p["flops_per_s"].values()]
+    peak = max(peaks) if peaks else None
+    annotate(rows, peak)
+    run_info.update({"load_avg_end": load_avg(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                     "matmul_peak_flops_per_s": peak, "model_config": model_config})
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "a") as f:
+            f.write(json.dumps({"kind": "run", **run_info}) + "\n")
+            for p in probes:
+                f.write(json.dumps({"kind": "probe", **p}) + "\n")
+            for r in rows:
+                f.write(json.dumps({"kind": "config", **r}) + "\n")
+    print(f"\n{command}\nload avg {run_info['load_avg_start']} -> {run_info['load_avg_end']}; matmul peak "
+          f"{'-' if peak is None else format(peak / 1e9, '.0f')} GFLOP/s "
+          f"({', '.join(p['impl'] + ' ' + ' '.join(f'{k} {v / 1e9:.0f}' for k, v in p['flops_per_s'].items()) for p in probes if 'flops_per_s' in p)})\n")
+    print(table(rows))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

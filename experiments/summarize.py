@@ -5,6 +5,7 @@ with --json FILE, writes the rows it read.
 """
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -25,16 +26,16 @@ def main(argv=None):
     print("| run | adapter | seed | trainable | share | val acc | test acc | train s | compile s | wall s | tokens/s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for x in rows:
-        print(f"| {x['run']} | `{x['adapter']}` | {x['seed']} | {x['trainable_params']:,} | {x['trainable_share']:.2f}% "
+        print(f"| {x['run']} | `{x['adapter']}`{' + full FT' if x['trainable_share'] > 99 else ''} | {x['seed']} | {x['trainable_params']:,} | {x['trainable_share']:.2f}% "
               f"| {100 * x['val_accuracy']:.2f} | {100 * x['test_accuracy']:.2f} | {x['train_s']:.0f} "
               f"| {x['compile_s']:.0f} | {x['wall_s']:.0f} | {x['tokens_per_s']:.0f} |")
-    by = {}
+    by = {}  # one group per experiment: the run name without its -seedN suffix
     for x in rows:
-        by.setdefault(x["adapter"], []).append(100 * x["test_accuracy"])
+        by.setdefault(re.sub(r"-seed\d+$", "", x["run"]), []).append(100 * x["test_accuracy"])
     print()
-    for adapter, accs in by.items():
+    for name, accs in by.items():
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        print(f"- `{adapter}`: mean test accuracy {statistics.mean(accs):.2f} ± {sd:.2f} over {len(accs)} seed(s)")
+        print(f"- {name}: mean test accuracy {statistics.mean(accs):.2f} ± {sd:.2f} over {len(accs)} seed(s)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

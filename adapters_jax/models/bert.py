@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adapters_jax.models.layers import Embed, LayerNorm, Linear, attention, mask_to_bias
+from adapters_jax.models.layers import Dropout, Embed, LayerNorm, Linear, attention, mask_to_bias
 from adapters_jax.modules import hooks
 from adapters_jax.modules.prefix import prepend
 
@@ -117,7 +117,7 @@ class Embeddings(nn.Module):
         h_BxSxD = w_BxSxD + Embed(c.max_position_embeddings, c.hidden_size, name="position_embeddings", **kw)(positions_BxS)
         h_BxSxD = h_BxSxD + Embed(c.type_vocab_size, c.hidden_size, name="token_type_embeddings", **kw)(token_types_BxS)
         h_BxSxD = LayerNorm(c.layer_norm_eps, name="LayerNorm", **kw)(h_BxSxD)
-        return nn.Dropout(c.hidden_dropout_prob)(h_BxSxD, deterministic=deterministic), mask_BxS, n_prompt
+        return Dropout(c.hidden_dropout_prob)(h_BxSxD, deterministic=deterministic), mask_BxS, n_prompt
 
 
 class SelfAttention(nn.Module):
@@ -158,7 +158,7 @@ class SublayerOutput(nn.Module):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h_BxTxD = Linear(c.hidden_size, name="dense", adapters=self.adapters, **kw)(h_BxTxF, deterministic)
-        h_BxTxD = nn.Dropout(c.hidden_dropout_prob)(h_BxTxD, deterministic=deterministic)
+        h_BxTxD = Dropout(c.hidden_dropout_prob)(h_BxTxD, deterministic=deterministic)
         layer_norm = LayerNorm(c.layer_norm_eps, name="LayerNorm", **kw)
         return hooks.bottleneck(self, self.location, h_BxTxD, input_BxTxD, layer_norm, deterministic)
 

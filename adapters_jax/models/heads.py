@@ -10,7 +10,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from adapters_jax.models.layers import Linear
+from adapters_jax.models.layers import Dropout, Linear
 
 POOLINGS = ("mean", "cls", "pooler", "last")
 
@@ -53,7 +53,7 @@ class Classification(nn.Module):
             last_B = jnp.maximum(m_BxT.sum(1).astype(jnp.int32) - 1, 0)
             x_BxD = jnp.take_along_axis(h_BxTxD, last_B[:, None, None], axis=1)[:, 0]
         for i in range(self.hidden_layers):
-            x_BxD = nn.Dropout(self.dropout)(x_BxD, deterministic=deterministic)
+            x_BxD = Dropout(self.dropout)(x_BxD, deterministic=deterministic)
             x_BxD = jnp.tanh(Linear(x_BxD.shape[-1], name=f"dense_{i}")(x_BxD))
-        x_BxD = nn.Dropout(self.dropout)(x_BxD, deterministic=deterministic)
+        x_BxD = Dropout(self.dropout)(x_BxD, deterministic=deterministic)
         return Linear(self.num_labels, name="out_proj")(x_BxD)

@@ -130,6 +130,66 @@ class Embed(nn.Module):
         return jnp.dot(h_BxTxD.astype(self.dtype), self.embedding.astype(self.dtype).T)
 
 
+def _fmix32(x_u32: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finalizer: a bijection of uint32 with full avalanche."""
+    x_u32 = x_u32 ^ (x_u32 >> 16)
+    x_u32 = x_u32 * jnp.uint32(0x85EBCA6B)
+    x_u32 = x_u32 ^ (x_u32 >> 13)
+    x_u32 = x_u32 * jnp.uint32(0xC2B2AE35)
+    return x_u32 ^ (x_u32 >> 16)
+
+
+def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
+    """Bernoulli(1 - rate) dropout mask of `shape` from a counter-based hash of (key, element index).
+
+    jax.random.bernoulli draws threefry bits, which XLA:CPU runs as a rolled loop
+    of memory-bound passes: 12% of a Houlsby step on MiniLM-L6 for the attention
+    masks alone (bench/results/README.md). Here each element's 32 bits are
+    fmix32(fmix32(i * golden ^ k0) ^ k1), i its flat index and (k0, k1) the key's
+    two words: about a dozen integer ops that fuse into the mask's consumer. For a
+    fixed key the map i -> bits is a bijection (no repeated words within a mask);
+    different keys give unrelated masks (tests/test_layers.py checks the rate,
+    the independence of neighbouring elements and of keys). Keys still come from
+    threefry (make_rng / fold_in), one per mask, so randomness stays splittable.
+    The keep probability is 1 - round(rate * 2^32) / 2^32.
+    """
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    words = key.reshape(-1).astype(jnp.uint32)
+    k0, k1 = words[0], words[-1]
+    n = 1
+    for d in shape:
+        n *= d
+    if n >= 2**32:
+        raise ValueError(f"keep_mask: {shape} has {n} elements; the element counter is 32 bits")
+    i = jax.lax.iota(jnp.uint32, n).reshape(shape)
+    bits = _fmix32(_fmix32((i * jnp.uint32(0x9E3779B9)) ^ k0) ^ k1)
+    threshold = min(int(round(rate * 2.0**32)), 2**32 - 1)
+    return bits >= jnp.uint32(threshold)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+    """Inverted dropout with `keep_mask`; rate 0 is the identity, rate 1 zeros."""
+    if rate <= 0.0:
+        return x
+    if rate >= 1.0:
+        return jnp.zeros_like(x)
+    keep = keep_mask(key, rate, x.shape)
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
+class Dropout(nn.Module):
+    """Drop-in for flax's nn.Dropout (same call signature, rng stream "dropout") on `keep_mask`."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        if deterministic or self.rate <= 0.0:
+            return x
+        return dropout(x, self.rate, self.make_rng("dropout"))
+
+
 def attention(
     q_BxTxHxK: jax.Array,
     k_BxSxNxK: jax.Array,
@@ -154,8 +214,7 @@ def attention(
         logits_BxNxGxTxS = logits_BxNxGxTxS + bias_Bx1xTxS[:, :, None].astype(jnp.float32)
     probs = jax.nn.softmax(logits_BxNxGxTxS, axis=-1)
     if not deterministic and dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+        probs = dropout(probs, dropout_rate, dropout_rng)
     out_BxTxNxGxK = jnp.einsum("bngts,bsnk->btngk", probs.astype(v_BxSxNxK.dtype), v_BxSxNxK)
     return out_BxTxNxGxK.reshape(b, t, h, k)
 

@@ -233,13 +233,13 @@ class DecoderLayer(nn.Module):
         x_BxTxD = layers.RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(h_BxTxD)
         attn = Attention(c, adapters=self.adapters, name="self_attn", **kw)
         attn_out_BxTxD = attn(x_BxTxD, cos_BxTxK, sin_BxTxK, bias_Bx1xTxT, deterministic, prefix)
-        attn_out_BxTxD = nn.Dropout(c.dropout)(attn_out_BxTxD, deterministic=deterministic)
+        attn_out_BxTxD = layers.Dropout(c.dropout)(attn_out_BxTxD, deterministic=deterministic)
         # residual add, with bottleneck adapters inside (pre-LN: no LayerNorm at this point)
         h_BxTxD = hooks.bottleneck(self, "mh_adapter", attn_out_BxTxD, h_BxTxD, None, deterministic,
                                    group="attention_adapters")
         x_BxTxD = layers.RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(h_BxTxD)
         mlp_out_BxTxD = MLP(c, adapters=self.adapters, name="mlp", **kw)(x_BxTxD, deterministic)
-        mlp_out_BxTxD = nn.Dropout(c.dropout)(mlp_out_BxTxD, deterministic=deterministic)
+        mlp_out_BxTxD = layers.Dropout(c.dropout)(mlp_out_BxTxD, deterministic=deterministic)
         return hooks.bottleneck(self, "output_adapter", mlp_out_BxTxD, h_BxTxD, None, deterministic,
                                 group="output_adapters")
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from adapters_jax.configs import Bottleneck
-from adapters_jax.models.layers import LayerNorm, Linear
+from adapters_jax.models.layers import Dropout, LayerNorm, Linear
 
 ACT = {
     "relu": jax.nn.relu,
@@ -76,7 +76,7 @@ class BottleneckAdapter(nn.Module):
             up_BxTxD = up_BxTxD * self.param("scaling", nn.initializers.ones, (d,)).astype(self.dtype)
         elif c.scaling != 1.0:
             up_BxTxD = up_BxTxD * c.scaling
-        out_BxTxD = nn.Dropout(c.dropout)(up_BxTxD, deterministic=deterministic)
+        out_BxTxD = Dropout(c.dropout)(up_BxTxD, deterministic=deterministic)
         if c.is_parallel:  # the residual is added by the caller (post_forward)
             if c.ln_after:
                 out_BxTxD = LayerNorm(1e-5, self.dtype, name="adapter_norm_after")(out_BxTxD)

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from adapters_jax.configs import LoRA
+from adapters_jax.models.layers import Dropout
 from adapters_jax.modules.bottleneck import kaiming_uniform_sqrt5
 
 
@@ -29,7 +30,7 @@ class LoRAUpdate(nn.Module):
         b_init = nn.initializers.normal(0.02) if c.init_weights == "bert" else nn.initializers.zeros
         a_IxR = self.param("lora_A", kaiming_uniform_sqrt5, (x_BxTxI.shape[-1], c.r))
         b_RxO = self.param("lora_B", b_init, (c.r, self.features))
-        x_BxTxI = nn.Dropout(c.dropout)(x_BxTxI, deterministic=deterministic)
+        x_BxTxI = Dropout(c.dropout)(x_BxTxI, deterministic=deterministic)
         h_BxTxR = jnp.dot(x_BxTxI, a_IxR.astype(self.dtype))
         return jnp.dot(h_BxTxR, b_RxO.astype(self.dtype)) * jnp.asarray(c.scaling, self.dtype)
 

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from adapters_jax.configs import PrefixTuning
-from adapters_jax.models.layers import Embed, Linear
+from adapters_jax.models.layers import Dropout, Embed, Linear
 from adapters_jax.modules.bottleneck import ACT
 
 
@@ -38,7 +38,7 @@ class PrefixKV(nn.Module):
             h_PxM = ACT[c.non_linearity.lower()](Linear(c.bottleneck_size, name="control_trans_0")(e_PxD))
             kv_PxO = Linear(out, name="control_trans_2")(h_PxM)
         kv_BxPxO = jnp.broadcast_to(kv_PxO.astype(self.dtype), (batch, p, out))
-        kv_BxPxO = nn.Dropout(c.dropout)(kv_BxPxO, deterministic=deterministic)
+        kv_BxPxO = Dropout(c.dropout)(kv_BxPxO, deterministic=deterministic)
         kv_BxPxLx2xHxK = kv_BxPxO.reshape(batch, p, self.n_layers, 2, self.n_heads, self.head_dim)
         return kv_BxPxLx2xHxK
 

@@ -47,6 +47,17 @@ def matmul_peak(dtype: str, reps: int = 12) -> dict:
     return out
 
 
+def rss_high_water() -> int | None:
+    """This process's peak RSS so far (VmHWM, Linux), to tell load, compile and step peaks apart."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def build(cfg):
     import adapters_jax as aj
 
@@ -111,6 +122,7 @@ def run(cfg) -> dict:
     state = init_state(trainable, opt, 0)
     batch = batch_for(cfg, model, task)
     load_s = time.perf_counter() - t_load
+    rss_load = rss_high_water()
     rec = {
         "param_bytes": tree_bytes(params), "trainable_params": report.trainable, "total_params": report.total,
         "trainable_bytes": tree_bytes(trainable), "frozen_bytes": tree_bytes(frozen),
@@ -123,6 +135,7 @@ def run(cfg) -> dict:
     lowered = step.lower(state, frozen, batch)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
+    rss_compile = rss_high_water()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     mem = compiled.memory_analysis()
@@ -157,6 +170,8 @@ def run(cfg) -> dict:
     if stats and "peak_bytes_in_use" in stats:
         rec["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
     rec["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # high-water marks after loading (model, adapters, optimizer state) and after compiling, before any step
+    rec["peak_rss_after_load_bytes"], rec["peak_rss_after_compile_bytes"] = rss_load, rss_compile
     return rec
 
 

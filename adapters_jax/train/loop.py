@@ -61,7 +61,7 @@ def train_rules(config) -> list[tuple[str, str]]:
 def build(config):
     """(base, task, model, params, labels) for a config: the parts every entry point shares."""
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype]
-    base = aj.load(config.model, dtype=dtype)
+    base = aj.load(config.model, dtype=dtype, **dict(config.get("model_overrides", {})))
     file_kw = {k: v for k, v in config.task_kwargs.items() if v is not None}  # for local files / hub sets
     task = tasks.load(config.task) if config.task in tasks.names() else tasks.load(config.task, **file_kw)
     head = aj.heads.Classification(len(task.label_names), pooling=config.head.pooling,

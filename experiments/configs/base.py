@@ -5,6 +5,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = "minilm-l6"  # asset name, HF-format directory or .gguf file
+    # model config fields to override at load (e.g. {"hidden_dropout_prob": 0.0}); the weights' fingerprint
+    # does not depend on them, so adapters trained this way load onto the plain base
+    c.model_overrides = ml_collections.ConfigDict()
     c.dtype = "float32"  # compute dtype: float32 or bfloat16 (params and optimizer state stay float32)
     c.task = "rt_polarity"  # built-in task, a local .csv/.json/.parquet path, or a hub data set name
     # for a local .csv/.json/.parquet file (ignored for built-in tasks); no split column: ASSETS.md's sha1 rule

@@ -1,23 +1,24 @@
-"""XLA:CPU defaults this library sets on import (before JAX creates its CPU client).
+"""Opt-in XLA:CPU flags, applied on import (before JAX creates its CPU client).
 
-Dots on XLA:CPU go through oneDNN's brgemm kernels instead of the default
-(YNNPACK) ones: measured on the 2-core AVX-512 machine of bench/results, MiniLM-L6
-batch 32 seq 128 float32, one process per run: Houlsby step 1.80 -> 1.66 s,
-LoRA 1.85 -> 1.64 s, full fine-tuning 2.60 -> 2.36 s (same values to float32
-rounding: the model and adapter parity suites pass with it). Costs ~100-350 MiB
-more peak RSS (oneDNN keeps reordered weight copies).
+ADAPTERS_JAX_ONEDNN=1 routes XLA:CPU dots through oneDNN's brgemm kernels instead
+of the default (YNNPACK) ones. Measured on the 2-core AVX-512 machine of
+bench/results (MiniLM-L6, batch 32, seq 128, float32, one process per run):
+Houlsby step 1.80 -> 1.66 s, LoRA 1.85 -> 1.64 s, full fine-tuning 2.60 -> 2.36 s,
+and the model and adapter parity suites pass with it. It is NOT the default:
+with jax 0.10.2 the same flags killed a training run (scripts/train.py, batch 32
+at sequence buckets 32/48/64) with "partition compile failed" and SIGILL. The
+flag is experimental upstream (`xla_cpu_experimental_onednn_fusion_type`).
 
-Opt out with ADAPTERS_JAX_XLA_DEFAULTS=0, or by naming the flag yourself in
-XLA_FLAGS (--xla_cpu_use_onednn=false): a flag you set is never overridden.
-Nothing changes if a JAX backend already exists when adapters_jax is imported
-(XLA reads XLA_FLAGS once), nor on GPU/TPU, where these flags are inert.
+A flag already named in XLA_FLAGS is never overridden. Nothing changes if a JAX
+backend already exists when adapters_jax is imported (XLA reads XLA_FLAGS
+once), nor on GPU/TPU, where these flags are inert.
 """
 from __future__ import annotations
 
 import os
 import sys
 
-CPU_DEFAULTS = ("--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn_fusion_type=dot")
+ONEDNN = ("--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn_fusion_type=dot")
 
 
 def _backend_started() -> bool:
@@ -26,11 +27,11 @@ def _backend_started() -> bool:
 
 
 def apply() -> list[str]:
-    """Append the CPU defaults to XLA_FLAGS where the user named none of them; returns what was added."""
-    if os.environ.get("ADAPTERS_JAX_XLA_DEFAULTS", "1") == "0" or _backend_started():
+    """With ADAPTERS_JAX_ONEDNN=1, append the oneDNN flags the user did not name; returns what was added."""
+    if os.environ.get("ADAPTERS_JAX_ONEDNN", "0") != "1" or _backend_started():
         return []
     flags = os.environ.get("XLA_FLAGS", "")
-    added = [f for f in CPU_DEFAULTS if f.split("=")[0] not in flags]
+    added = [f for f in ONEDNN if f.split("=")[0] not in flags]
     if added:
         os.environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
     return added

@@ -109,6 +109,7 @@ def checkpoint_bytes(state) -> int:
 
 
 def run(cfg) -> dict:
+    from adapters_jax.models import release_host_memory
     from adapters_jax.partition import param_report, split
     from adapters_jax.train import optimizer as opt_lib
     from adapters_jax.train.step import init_state, make_train_step
@@ -135,6 +136,7 @@ def run(cfg) -> dict:
     lowered = step.lower(state, frozen, batch)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
+    release_host_memory()  # as the training loop does after compiling its shapes
     rss_compile = rss_high_water()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

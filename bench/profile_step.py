@@ -14,6 +14,7 @@ import collections
 import glob
 import gzip
 import json
+import os
 import re
 import sys
 import tempfile
@@ -79,8 +80,7 @@ def main():
     total = sum(by_name.values())
     per = lambda us: us / 1e3 / args.steps
     print(f"{args.model} {args.method} b{args.batch} t{args.seq}: thunk time {per(total):.0f} ms/step "
-          f"(summed over threads; XLA_FLAGS={jax.config.read('jax_platforms') or ''}"
-          f"{__import__('os').environ.get('XLA_FLAGS', '')})")
+          f"(summed over threads; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})")
     for k, t in by_kind.most_common():
         print(f"  {per(t):8.1f} ms/step {100 * t / total:5.1f}%  {k}")
     print("top thunks:")

@@ -139,5 +139,26 @@ def load(name_or_path: str | Path, dtype=jnp.float32, param_dtype=jnp.float32, *
     if path.suffix == ".gguf":
         from adapters_jax.models import gguf
 
-        return gguf.load_gguf(path, dtype=dtype, param_dtype=param_dtype, **config_overrides)
-    return load_hf_dir(path, dtype=dtype, param_dtype=param_dtype, **config_overrides)
+        loaded = gguf.load_gguf(path, dtype=dtype, param_dtype=param_dtype, **config_overrides)
+    else:
+        loaded = load_hf_dir(path, dtype=dtype, param_dtype=param_dtype, **config_overrides)
+    release_host_memory()
+    return loaded
+
+
+def release_host_memory() -> None:
+    """Hand the loader's freed host buffers back to the OS (glibc keeps freed heap pages otherwise).
+
+    Loading reads, dequantizes, transposes and copies every tensor; glibc's
+    malloc keeps most of those freed megabyte-sized blocks in its heap, and the
+    training step's buffers then come on top: measured on SmolLM2-135M (GGUF),
+    RSS after load 1,171 -> 900 MiB with the trim. A no-op off glibc.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -7,6 +7,7 @@ use, so float32 master weights with bf16 compute is one flag.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -190,6 +191,28 @@ class Dropout(nn.Module):
         return dropout(x, self.rate, self.make_rng("dropout"))
 
 
+def _attention_probs_stored(q_BxTxNxGxK, k_BxSxNxK, bias_Bx1xTxS, dropout_rng, dropout_rate: float):
+    """softmax(q k^T / sqrt(K) + bias), dropped out: recomputed in the backward pass, not stored.
+
+    The [B, H, T, S] probabilities (and their logits) are the largest activation
+    per layer that a frozen model keeps for its backward pass; recomputing them
+    from q and k (kept anyway for dq, dk) costs one [T, K] x [K, S] product per
+    head. SmolLM2-135M batch 8 seq 128: bench/results/README.md.
+    """
+    k = q_BxTxNxGxK.shape[-1]
+    logits = jnp.einsum("btngk,bsnk->bngts", q_BxTxNxGxK, k_BxSxNxK).astype(jnp.float32)
+    logits = logits / jnp.sqrt(jnp.float32(k))
+    if bias_Bx1xTxS is not None:
+        logits = logits + bias_Bx1xTxS[:, :, None].astype(jnp.float32)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if dropout_rng is not None and dropout_rate > 0.0:
+        probs = dropout(probs, dropout_rate, dropout_rng)
+    return probs
+
+
+_attention_probs = jax.checkpoint(_attention_probs_stored, static_argnums=(4,))
+
+
 def attention(
     q_BxTxHxK: jax.Array,
     k_BxSxNxK: jax.Array,
@@ -206,15 +229,10 @@ def attention(
     """
     b, t, h, k = q_BxTxHxK.shape
     n = k_BxSxNxK.shape[2]
-    g = h // n
-    q_BxTxNxGxK = q_BxTxHxK.reshape(b, t, n, g, k)
-    logits_BxNxGxTxS = jnp.einsum("btngk,bsnk->bngts", q_BxTxNxGxK, k_BxSxNxK).astype(jnp.float32)
-    logits_BxNxGxTxS = logits_BxNxGxTxS / jnp.sqrt(jnp.float32(k))
-    if bias_Bx1xTxS is not None:
-        logits_BxNxGxTxS = logits_BxNxGxTxS + bias_Bx1xTxS[:, :, None].astype(jnp.float32)
-    probs = jax.nn.softmax(logits_BxNxGxTxS, axis=-1)
-    if not deterministic and dropout_rate > 0.0:
-        probs = dropout(probs, dropout_rate, dropout_rng)
+    q_BxTxNxGxK = q_BxTxHxK.reshape(b, t, n, h // n, k)
+    train = not deterministic and dropout_rate > 0.0
+    probs = _attention_probs(q_BxTxNxGxK, k_BxSxNxK, bias_Bx1xTxS, dropout_rng if train else None,
+                             dropout_rate if train else 0.0)
     out_BxTxNxGxK = jnp.einsum("bngts,bsnk->btngk", probs.astype(v_BxSxNxK.dtype), v_BxSxNxK)
     return out_BxTxNxGxK.reshape(b, t, h, k)
 

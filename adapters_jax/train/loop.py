@@ -29,6 +29,7 @@ import numpy as np
 import adapters_jax as aj
 from adapters_jax import checkpoint as ckpt_lib
 from adapters_jax.data import tasks, tokenize
+from adapters_jax.models import release_host_memory
 from adapters_jax.data.batching import Batches, eval_batches
 from adapters_jax.partition import param_report, split
 from adapters_jax.train import optimizer as opt_lib
@@ -194,6 +195,7 @@ def run(config, workdir: str | Path, resume: bool = False) -> dict:
                 .compile() for n in _lengths(config)}
     compile_s = time.time() - t_compile
     print(f"compiled {len(train_fns)} train and {len(eval_fns)} eval shapes in {compile_s:.1f}s", flush=True)
+    release_host_memory()  # the loader's and compiler's freed heap, before the steps' buffers come on top
 
     metrics_file = (workdir / "metrics.jsonl").open("a") if primary else open(os.devnull, "w")
     from tensorboardX import SummaryWriter

@@ -49,6 +49,84 @@ def causal_lm_loss(logits_BxTxV, input_ids_BxT, loss_mask_BxT):
     return (nll_BxT * w_BxT).sum() / jnp.maximum(w_BxT.sum(), 1.0)
 
 
+LM_LOSS_CHUNK = 128  # target tokens per chunk of the memory-lean LM loss
+
+
+@jax.custom_vjp
+def _lm_head_nll_sum(h_NxD, w_DxV, targets_N, weights_N):
+    """sum_n weights_n * nll_n with logits_n = h_n @ w, computed chunk by chunk (never all [N, V] logits)."""
+    return _lm_head_scan(h_NxD, w_DxV, targets_N, weights_N, grads=False)[0]
+
+
+def _lm_head_scan(h_NxD, w_DxV, targets_N, weights_N, grads: bool):
+    n, d = h_NxD.shape
+    c = min(LM_LOSS_CHUNK, n)
+    pad = -n % c
+    chunks = lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, c, *x.shape[1:])
+    w_DxV = w_DxV.astype(jnp.float32)
+
+    def body(carry, xs):
+        h_CxD, t_C, wt_C = xs
+        logits_CxV = jnp.dot(h_CxD.astype(jnp.float32), w_DxV)
+        lse_C = jax.nn.logsumexp(logits_CxV, axis=-1)
+        nll_C = lse_C - jnp.take_along_axis(logits_CxV, t_C[:, None], axis=-1)[:, 0]
+        loss = carry[0] + (nll_C * wt_C).sum()
+        if not grads:
+            return (loss,), None
+        # d(sum wt * nll)/d logits = wt * (softmax - onehot): the gradient leaves the chunk as [C, D] and [D, V]
+        dlogits_CxV = (jnp.exp(logits_CxV - lse_C[:, None]) - jax.nn.one_hot(t_C, w_DxV.shape[1])) * wt_C[:, None]
+        dw_DxV = carry[1] + jnp.dot(h_CxD.astype(jnp.float32).T, dlogits_CxV)
+        return (loss, dw_DxV), jnp.dot(dlogits_CxV, w_DxV.T)
+
+    init = (jnp.zeros((), jnp.float32),) + ((jnp.zeros_like(w_DxV),) if grads else ())
+    carry, dh = jax.lax.scan(body, init, (chunks(h_NxD), chunks(targets_N), chunks(weights_N.astype(jnp.float32))))
+    if not grads:
+        return carry[0], None, None
+    return carry[0], dh.reshape(-1, d)[:n], carry[1]
+
+
+def _lm_head_fwd(h_NxD, w_DxV, targets_N, weights_N):
+    loss, dh_NxD, dw_DxV = _lm_head_scan(h_NxD, w_DxV, targets_N, weights_N, grads=True)
+    return loss, (dh_NxD.astype(h_NxD.dtype), dw_DxV.astype(w_DxV.dtype), targets_N, weights_N)
+
+
+def _lm_head_bwd(res, g):
+    dh_NxD, dw_DxV, targets_N, weights_N = res
+    # integer targets get a float0 cotangent; the weights are a constant mask (no gradient)
+    zero_t = jnp.zeros(targets_N.shape, jax.dtypes.float0)
+    return g * dh_NxD, g * dw_DxV, zero_t, jnp.zeros_like(weights_N)
+
+
+_lm_head_nll_sum.defvjp(_lm_head_fwd, _lm_head_bwd)
+
+
+def lm_output_matrix(params) -> jax.Array | None:
+    """The [D, V] output projection of a causal LM's params if it is a plain matrix (tied embedding or an
+    adapter-free lm_head); None when the LM head carries adapters (LoRA/IA3 on lm_head)."""
+    head = params.get("lm_head")
+    if head is not None:
+        return head["kernel"] if set(head) == {"kernel"} else None
+    embed = params.get("model", {}).get("embed_tokens", {})
+    return embed["embedding"].T if set(embed) == {"embedding"} else None
+
+
+def chunked_causal_lm_loss(h_BxTxD, w_DxV, input_ids_BxT, loss_mask_BxT):
+    """causal_lm_loss from the final hidden state, without materializing [B, T, V] logits or their gradient.
+
+    The logits are computed LM_LOSS_CHUNK target tokens at a time; under
+    differentiation the forward pass also forms each chunk's gradient (softmax -
+    onehot) and keeps only its products with the output matrix and the hidden
+    state ([N, D] and [D, V]; the latter is dropped by XLA when that matrix is
+    frozen). Peak memory falls by ~3 x B x T x V x 4 bytes (SmolLM2-135M, batch 8,
+    seq 128: bench/results/README.md); no logits are recomputed.
+    """
+    b, t, d = h_BxTxD.shape
+    h_NxD = h_BxTxD[:, :-1].reshape(-1, d)
+    targets_N = input_ids_BxT[:, 1:].reshape(-1)
+    w_N = loss_mask_BxT[:, 1:].reshape(-1).astype(jnp.float32)
+    return _lm_head_nll_sum(h_NxD, w_DxV, targets_N, w_N) / jnp.maximum(w_N.sum(), 1.0)
+
+
 def example_keys(rng, batch):
     """One dropout key per row: fold_in(rng, global example index) (packed rows: their first example)."""
     index_B = batch.get("index")
@@ -59,13 +137,13 @@ def example_keys(rng, batch):
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, index_B)
 
 
-def forward(model, params, batch, deterministic: bool, rng=None):
+def forward(model, params, batch, deterministic: bool, rng=None, **kw):
     if deterministic:
-        return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], deterministic=True)
+        return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], deterministic=True, **kw)
 
     def one(ids_T, mask_T, key):
         return model.apply({"params": params}, ids_T[None], mask_T[None], deterministic=False,
-                           rngs={"dropout": key})[0]
+                           rngs={"dropout": key}, **kw)[0]
 
     return jax.vmap(one)(batch["input_ids"], batch["attention_mask"], example_keys(rng, batch))
 
@@ -78,10 +156,14 @@ def loss_weight(batch, task: str):
 
 
 def batch_loss(model, params, batch, deterministic, rng, task: str):
+    loss_mask = batch.get("loss_mask", batch["attention_mask"])
+    if task == "lm" and (w_DxV := lm_output_matrix(params)) is not None:
+        h_BxTxD = forward(model, params, batch, deterministic, rng, return_hidden=True)
+        return chunked_causal_lm_loss(h_BxTxD, w_DxV, batch["input_ids"], loss_mask)
     logits = forward(model, params, batch, deterministic, rng)
     if task == "classification":
         return classification_loss(logits, batch["labels"], batch["example_mask"])
-    return causal_lm_loss(logits, batch["input_ids"], batch.get("loss_mask", batch["attention_mask"]))
+    return causal_lm_loss(logits, batch["input_ids"], loss_mask)
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation, task: str = "classification",

@@ -31,11 +31,14 @@ def main(argv=None):
               f"| {x['compile_s']:.0f} | {x['wall_s']:.0f} | {x['tokens_per_s']:.0f} |")
     by = {}  # one group per experiment: the run name without its -seedN suffix
     for x in rows:
-        by.setdefault(re.sub(r"-seed\d+$", "", x["run"]), []).append(100 * x["test_accuracy"])
+        by.setdefault(re.sub(r"-seed\d+$", "", x["run"]), []).append(x)
     print()
-    for name, accs in by.items():
-        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        print(f"- {name}: mean test accuracy {statistics.mean(accs):.2f} ± {sd:.2f} over {len(accs)} seed(s)")
+    for name, xs in by.items():
+        test = [100 * x["test_accuracy"] for x in xs]
+        val = [100 * x["val_accuracy"] for x in xs]
+        sd = statistics.stdev(test) if len(test) > 1 else 0.0
+        print(f"- {name}: mean test accuracy {statistics.mean(test):.2f} ± {sd:.2f} over {len(test)} seed(s) "
+              f"(mean validation accuracy {statistics.mean(val):.2f})")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -6,9 +6,11 @@ bench/results (MiniLM-L6, batch 32, seq 128, float32, one process per run):
 Houlsby step 1.80 -> 1.66 s, LoRA 1.85 -> 1.64 s, full fine-tuning 2.60 -> 2.36 s,
 and the model and adapter parity suites pass with it. It is NOT the default:
 with jax 0.10.2 the same flags kill the evaluation step of a training run
-("partition compile failed", then SIGILL): the MiniLM-L6 + Houlsby eval step at
-batch 128, seq 32 reproduces it, while every train-step shape and each of its
-dots alone (FFN, attention einsums, the 2-class head) run fine. The flag is
+("partition compile failed", then SIGILL). Bisected: a plain deterministic
+MiniLM-L6 forward at batch 128, seq 32 runs, with or without adapters; adding the
+classification head (mean pooling, then a [128, 384] x [384, 2] dot) crashes;
+that dot alone, every train-step shape (vmapped per example) and the FFN and
+attention dots alone run fine. The flag is
 experimental upstream (`xla_cpu_experimental_onednn_fusion_type`).
 
 A flag already named in XLA_FLAGS is never overridden. Nothing changes if a JAX

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import adapters_jax  # noqa: E402,F401  (the library's XLA:CPU defaults)
 import jax  # noqa: E402
 
-from bench.jax_worker import batch_for, build  # noqa: E402
+from bench.jax_worker import train_setup  # noqa: E402
 
 
 def kind(name: str) -> str:
@@ -48,19 +48,9 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--top", type=int, default=20)
     args = ap.parse_args()
-    from adapters_jax.partition import split
-    from adapters_jax.train import optimizer as opt_lib
-    from adapters_jax.train.step import init_state, make_train_step
-
     cfg = {"model": args.model, "method": args.method, "batch": args.batch, "seq": args.seq}
-    model, params, labels, task = build(cfg)
-    trainable, frozen = split(params, labels)
-    opt = opt_lib.make(split(labels, labels)[0], lr=1e-3, total_steps=1000, warmup=0.1, weight_decay=0.01,
-                       clip_norm=1.0)
-    state = init_state(trainable, opt, 0)
-    batch = batch_for(cfg, model, task)
-    step = jax.jit(make_train_step(model, opt, "classification" if task == "classification" else "lm"),
-                   donate_argnums=(0,)).lower(state, frozen, batch).compile()
+    _, _, _, _, frozen, state, batch, step = train_setup(cfg)
+    step = step.lower(state, frozen, batch).compile()
     for _ in range(2):
         state, m = step(state, frozen, batch)
         jax.block_until_ready(m["loss"])

@@ -30,8 +30,7 @@ def test_neighbours_and_keys_are_uncorrelated():
 
 
 def test_bits_are_a_bijection_of_the_index():
-    bits = layers._fmix32(layers._fmix32(jax.lax.iota(jnp.uint32, N) * jnp.uint32(0x9E3779B9) ^ jnp.uint32(5))
-                          ^ jnp.uint32(9))
+    bits = layers.hash_bits(jax.random.PRNGKey(5), (N,))
     assert len(np.unique(np.asarray(bits))) == N
 
 

@@ -8,6 +8,7 @@ use, so float32 master weights with bf16 compute is one flag.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -140,33 +141,35 @@ def _fmix32(x_u32: jax.Array) -> jax.Array:
     return x_u32 ^ (x_u32 >> 16)
 
 
-def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
-    """Bernoulli(1 - rate) dropout mask of `shape` from a counter-based hash of (key, element index).
+def hash_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """uint32 words of `shape`: fmix32(fmix32(i * golden ^ k0) ^ k1), i the flat element index, (k0, k1) the key's words.
 
-    jax.random.bernoulli draws threefry bits, which XLA:CPU runs as a rolled loop
-    of memory-bound passes: 12% of a Houlsby step on MiniLM-L6 for the attention
-    masks alone (bench/results/README.md). Here each element's 32 bits are
-    fmix32(fmix32(i * golden ^ k0) ^ k1), i its flat index and (k0, k1) the key's
-    two words: about a dozen integer ops that fuse into the mask's consumer. For a
-    fixed key the map i -> bits is a bijection (no repeated words within a mask);
-    different keys give unrelated masks (tests/test_layers.py checks the rate,
-    the independence of neighbouring elements and of keys). Keys still come from
-    threefry (make_rng / fold_in), one per mask, so randomness stays splittable.
-    The keep probability is 1 - round(rate * 2^32) / 2^32.
+    For a fixed key the map i -> bits is a bijection (no repeated words within a
+    mask); different keys give unrelated words. Keys still come from threefry
+    (make_rng / fold_in), one per mask, so randomness stays splittable.
     """
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
     words = key.reshape(-1).astype(jnp.uint32)
-    k0, k1 = words[0], words[-1]
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     if n >= 2**32:
-        raise ValueError(f"keep_mask: {shape} has {n} elements; the element counter is 32 bits")
+        raise ValueError(f"hash_bits: {shape} has {n} elements; the element counter is 32 bits")
     i = jax.lax.iota(jnp.uint32, n).reshape(shape)
-    bits = _fmix32(_fmix32((i * jnp.uint32(0x9E3779B9)) ^ k0) ^ k1)
+    return _fmix32(_fmix32((i * jnp.uint32(0x9E3779B9)) ^ words[0]) ^ words[-1])
+
+
+def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
+    """Bernoulli(1 - rate) dropout mask of `shape` from `hash_bits` of (key, element index).
+
+    jax.random.bernoulli draws threefry bits, which XLA:CPU runs as a rolled loop
+    of memory-bound passes: 12% of a Houlsby step on MiniLM-L6 for the attention
+    masks alone (bench/results/README.md). `hash_bits` is about a dozen integer
+    ops per element that fuse into the mask's consumer (tests/test_dropout.py
+    checks the rate, the independence of neighbouring elements and of keys, and
+    the bijection). The keep probability is 1 - round(rate * 2^32) / 2^32.
+    """
     threshold = min(int(round(rate * 2.0**32)), 2**32 - 1)
-    return bits >= jnp.uint32(threshold)
+    return hash_bits(key, shape) >= jnp.uint32(threshold)
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
@@ -191,7 +194,8 @@ class Dropout(nn.Module):
         return dropout(x, self.rate, self.make_rng("dropout"))
 
 
-def _attention_probs_stored(q_BxTxNxGxK, k_BxSxNxK, bias_Bx1xTxS, dropout_rng, dropout_rate: float):
+@functools.partial(jax.checkpoint, static_argnums=(4,))
+def _attention_probs(q_BxTxNxGxK, k_BxSxNxK, bias_Bx1xTxS, dropout_rng, dropout_rate: float):
     """softmax(q k^T / sqrt(K) + bias), dropped out: recomputed in the backward pass, not stored.
 
     The [B, H, T, S] probabilities (and their logits) are the largest activation
@@ -204,13 +208,7 @@ def _attention_probs_stored(q_BxTxNxGxK, k_BxSxNxK, bias_Bx1xTxS, dropout_rng, d
     logits = logits / jnp.sqrt(jnp.float32(k))
     if bias_Bx1xTxS is not None:
         logits = logits + bias_Bx1xTxS[:, :, None].astype(jnp.float32)
-    probs = jax.nn.softmax(logits, axis=-1)
-    if dropout_rng is not None and dropout_rate > 0.0:
-        probs = dropout(probs, dropout_rate, dropout_rng)
-    return probs
-
-
-_attention_probs = jax.checkpoint(_attention_probs_stored, static_argnums=(4,))
+    return dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, dropout_rng)
 
 
 def attention(
@@ -230,9 +228,8 @@ def attention(
     b, t, h, k = q_BxTxHxK.shape
     n = k_BxSxNxK.shape[2]
     q_BxTxNxGxK = q_BxTxHxK.reshape(b, t, n, h // n, k)
-    train = not deterministic and dropout_rate > 0.0
-    probs = _attention_probs(q_BxTxNxGxK, k_BxSxNxK, bias_Bx1xTxS, dropout_rng if train else None,
-                             dropout_rate if train else 0.0)
+    rate = 0.0 if deterministic else dropout_rate  # rate 0: dropout is the identity and never reads the rng
+    probs = _attention_probs(q_BxTxNxGxK, k_BxSxNxK, bias_Bx1xTxS, dropout_rng if rate > 0.0 else None, rate)
     out_BxTxNxGxK = jnp.einsum("bngts,bsnk->btngk", probs.astype(v_BxSxNxK.dtype), v_BxSxNxK)
     return out_BxTxNxGxK.reshape(b, t, h, k)
 

@@ -120,8 +120,7 @@ def chunked_causal_lm_loss(h_BxTxD, w_DxV, input_ids_BxT, loss_mask_BxT):
     frozen). Peak memory falls by ~3 x B x T x V x 4 bytes (SmolLM2-135M, batch 8,
     seq 128: bench/results/README.md); no logits are recomputed.
     """
-    b, t, d = h_BxTxD.shape
-    h_NxD = h_BxTxD[:, :-1].reshape(-1, d)
+    h_NxD = h_BxTxD[:, :-1].reshape(-1, h_BxTxD.shape[-1])
     targets_N = input_ids_BxT[:, 1:].reshape(-1)
     w_N = loss_mask_BxT[:, 1:].reshape(-1).astype(jnp.float32)
     return _lm_head_nll_sum(h_NxD, w_DxV, targets_N, w_N) / jnp.maximum(w_N.sum(), 1.0)

@@ -51,6 +51,25 @@ def tiny_setup(spec, full=False):
     return model, opt, init_state(trainable, opt, 0), frozen
 
 
+def test_model_overrides_reach_the_model_not_the_fingerprint():
+    """config.model_overrides sets model config fields at load (here: dropout on a base whose config has none);
+    training-mode outputs change accordingly, the base fingerprint does not."""
+    outs, prints = [], []
+    for overrides in ({}, {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}):
+        c = base_config.get_config()
+        c.model, c.adapter, c.head.dropout = str(FIX / "tiny-roberta"), "houlsby[bottleneck=8]", 0.0
+        c.model_overrides = overrides
+        base, _, model, params, _ = loop.build(c)
+        assert model.config.hidden_dropout_prob == overrides.get("hidden_dropout_prob", 0.0)
+        ids = tiny_batch()["input_ids"]
+        run = lambda **kw: model.apply({"params": params}, ids, **kw)
+        outs.append(float(jnp.abs(run(deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
+                                  - run(deterministic=True)).max()))
+        prints.append(base.fingerprint)
+    assert outs[0] == 0.0 and outs[1] > 1e-3
+    assert prints[0] == prints[1]
+
+
 def dot_output_shapes(hlo: str) -> set:
     shapes = set()
     for m in re.finditer(r"= f32\[([\d,]*)\]\{[^}]*\} dot\(", hlo):

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 from adapters_jax import xla_flags as _xla_flags  # noqa: E402
 
-_xla_flags.apply()  # opt-in XLA:CPU flags (ADAPTERS_JAX_ONEDNN=1), before JAX reads XLA_FLAGS
+_xla_flags.apply()  # XLA:CPU defaults (oneDNN dots; ADAPTERS_JAX_ONEDNN=0 opts out), before JAX reads XLA_FLAGS
 
 from adapters_jax.models import Loaded, load  # noqa: E402
 from adapters_jax.models import heads  # noqa: E402

@@ -39,6 +39,45 @@ def kind(name: str) -> str:
     return "other (elementwise, reductions, softmax, norms)"
 
 
+_INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\w+)\[([\d,]*)\]")
+
+
+def dot_signatures(hlo: str) -> dict[str, tuple[str, float]]:
+    """{thunk name: (dot signature, FLOPs)} for every fusion or thunk of the compiled HLO that holds one dot."""
+    comps, cur, calls = {}, None, {}
+    for line in hlo.splitlines():
+        if line.startswith(("%", "ENTRY")) and line.rstrip().endswith("{"):
+            cur = comps.setdefault(line.split()[0].lstrip("%") if line.startswith("%") else "ENTRY", [])
+            continue
+        if cur is not None:
+            cur.append(line)
+        if (m := re.search(r"^\s*(?:ROOT )?%(\S+) = .*calls=%([\w.\-]+)", line)):
+            calls[m.group(1)] = m.group(2)
+    out = {}
+    for comp, lines in comps.items():
+        shapes = {m.group(1): (m.group(2), [int(d) for d in m.group(3).split(",") if d])
+                  for m in map(_INSTR.match, lines) if m}
+        for line in lines:
+            if " dot(" not in line:
+                continue
+            name = _INSTR.match(line).group(1)
+            a, b = re.search(r" dot\(%(\S+), %(\S+)\)", line).groups()
+            contract = [int(d) for d in re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line).group(1).split(",") if d]
+            k = 1
+            for d in contract:
+                k *= shapes[a][1][d]
+            n_out = 1
+            for d in shapes[name][1]:
+                n_out *= d
+            rc = re.search(r"rhs_contracting_dims=\{([\d,]*)\}", line).group(1)
+            sig = f"{shapes[a][1]} x {shapes[b][1]} -> {shapes[name][1]} (contract {contract} x [{rc}])"
+            out[name] = (sig, 2.0 * n_out * k)
+            for caller, callee in calls.items():
+                if callee == comp:
+                    out[caller] = out[name]
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="minilm-l6")
@@ -47,10 +86,12 @@ def main():
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--dots", action="store_true", help="also group the dot thunks by shape, with GFLOP/s each")
     args = ap.parse_args()
     cfg = {"model": args.model, "method": args.method, "batch": args.batch, "seq": args.seq}
     _, _, _, _, frozen, state, batch, step = train_setup(cfg)
     step = step.lower(state, frozen, batch).compile()
+    dot_shapes = dot_signatures(step.as_text()) if args.dots else {}
     for _ in range(2):
         state, m = step(state, frozen, batch)
         jax.block_until_ready(m["loss"])
@@ -76,6 +117,19 @@ def main():
     print("top thunks:")
     for k, t in by_name.most_common(args.top):
         print(f"  {per(t):8.1f} ms/step {100 * t / total:5.1f}%  {k[:100]}")
+    if dot_shapes:
+        by_sig, flops_sig, count = collections.Counter(), collections.Counter(), collections.Counter()
+        for e in events:
+            if e["name"] in dot_shapes:
+                sig, flops = dot_shapes[e["name"]]
+                by_sig[sig] += e["dur"]
+                flops_sig[sig] += flops
+                count[sig] += 1
+        print("dots by shape (thunk ms/step, GFLOP/step, GFLOP/s of thunk time, instances):")
+        for sig, t in by_sig.most_common(args.top):
+            n = count[sig] / args.steps
+            print(f"  {per(t):8.1f} ms {flops_sig[sig] / args.steps / 1e9:7.2f} GF {flops_sig[sig] / t / 1e3:6.0f} GF/s "
+                  f"x{n:4.0f}  {sig}")
 
 
 if __name__ == "__main__":

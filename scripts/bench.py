@@ -4,6 +4,9 @@
         --methods full,houlsby,pfeiffer,parallel,lora,ia3,prefix_tuning,prompt_tuning,head \
         --peers --out bench/results/minilm-l6.jsonl
 
+    # noisy machine: 3 rounds of the interleaved pairs; the table shows the median over rounds
+    python scripts/bench.py --model minilm-l6 --methods full,houlsby,lora --peers --rounds 3
+
     # scaling: one axis at a time (comma lists; every batch x seq pair runs)
     python scripts/bench.py --model minilm-l6 --batch 32 --seq 32,64,128,256 --methods full,houlsby,lora
 
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -80,6 +84,46 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out).replace(" nan ", " - ")
 
 
+def summarize(rows: list[dict]) -> list[dict]:
+    """One row per (impl, method, batch, seq) over the rounds: step time median of the rounds' medians, min and
+    max over all rounds' steps; other fields from the first round. With several rounds each JAX row also gets
+    `jax_over_peer_rounds`: our tokens/s over the peer's within each round (the pair ran back to back)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["impl"], r["method"], r["model"], r["batch"], r["seq"]), []).append(r)
+    out = []
+    for (impl, method, *_), rs in groups.items():
+        good = [r for r in rs if "error" not in r]
+        if not good:
+            out.append(rs[0])
+            continue
+        row = dict(good[0])
+        row.pop("round", None)
+        if len(rs) > 1:
+            row["rounds"] = len(rs)
+            row["round_errors"] = len(rs) - len(good)
+            row["step_s_round_medians"] = [r["step_s_median"] for r in good]
+            row["step_s_median"] = statistics.median(row["step_s_round_medians"])
+            row["step_s_min"] = min(r["step_s_min"] for r in good)
+            row["step_s_max"] = max(r["step_s_max"] for r in good)
+            row["tokens_per_s"] = row["batch"] * row["seq"] / row["step_s_median"]
+            if row.get("model_flops"):
+                row["achieved_flops_per_s"] = row["model_flops"] / row["step_s_median"]
+        out.append(row)
+    by_round = {(r["impl"], r["method"], r["model"], r["batch"], r["seq"], r.get("round")): r
+                for r in rows if "error" not in r}
+    for row in out:
+        if row["impl"] == "jax" and row.get("rounds", 1) > 1 and row["method"] in PEERS:
+            ratios = []
+            for rnd in range(row["rounds"]):
+                ours = by_round.get(("jax", row["method"], row["model"], row["batch"], row["seq"], rnd))
+                peer = by_round.get((PEERS[row["method"]], row["method"], row["model"], row["batch"], row["seq"], rnd))
+                if ours and peer:
+                    ratios.append(ours["tokens_per_s"] / peer["tokens_per_s"])
+            row["jax_over_peer_rounds"] = ratios
+    return out
+
+
 def annotate(rows: list[dict], peak: float | None) -> None:
     """Ratios inside one run: step time over our full fine-tuning's, our tokens/s over the peer's."""
     ok = [r for r in rows if "error" not in r]
@@ -115,6 +159,8 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32", help="compute dtype: float32, or bfloat16 on GPU/TPU")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps after compile")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (median, min, max)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat every configuration (ours then the peer's, back to back) this many times")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
     ap.add_argument("--out", help="JSONL file to write (appends)")
     args = ap.parse_args(argv)
@@ -148,30 +194,30 @@ def main(argv=None):
     probe("start")
     model_config = None
     common = {"model": args.model, "dtype": args.dtype, "warmup": args.warmup, "steps": args.steps}
-    for b, t in points:
-        for m in methods:
-            cfg = {**common, "method": m, "batch": b, "seq": t}
-            for impl in ["jax"] + ([PEERS[m]] if args.peers and m in PEERS else []):
-                if impl == "jax":
-                    rec = run_worker(sys.executable, "bench/jax_worker.py", cfg, args.timeout)
-                    model_config = rec.get("model_config", model_config)
-                elif model_config is None:
-                    rec = {"error": "no model config (our run of this model failed first)"}
-                else:
-                    pcfg = {**cfg, "model_config": model_config, "model_dir": model_dir}
-                    rec = run_worker(args.peers_python, "bench/peers.py", pcfg, args.timeout)
-                rec = {"impl": impl, "method": m, "model": args.model, "batch": b, "seq": t, **rec,
-                       "load_avg": load_avg()}
-                rec.pop("model_config", None)
-                rows.append(rec)
-                status = rec.get("error") or f"{rec['step_s_median']:.3f} s/step"
-                print(f"[{time.strftime('%H:%M:%S')}] {args.model} B={b} T={t} {impl:10s} {m:14s} {status} "
-                      f"(load {rec['load_avg'][0]})", file=sys.stderr, flush=True)
+    for b, t, rnd, m in [(b, t, rnd, m) for b, t in points for rnd in range(args.rounds) for m in methods]:
+        cfg = {**common, "method": m, "batch": b, "seq": t}
+        for impl in ["jax"] + ([PEERS[m]] if args.peers and m in PEERS else []):
+            if impl == "jax":
+                rec = run_worker(sys.executable, "bench/jax_worker.py", cfg, args.timeout)
+                model_config = rec.get("model_config", model_config)
+            elif model_config is None:
+                rec = {"error": "no model config (our run of this model failed first)"}
+            else:
+                pcfg = {**cfg, "model_config": model_config, "model_dir": model_dir}
+                rec = run_worker(args.peers_python, "bench/peers.py", pcfg, args.timeout)
+            rec = {"impl": impl, "method": m, "model": args.model, "batch": b, "seq": t, **rec,
+                   "load_avg": load_avg(), "round": rnd}
+            rec.pop("model_config", None)
+            rows.append(rec)
+            status = rec.get("error") or f"{rec['step_s_median']:.3f} s/step"
+            print(f"[{time.strftime('%H:%M:%S')}] {args.model} B={b} T={t} round {rnd} {impl:10s} {m:14s} {status} "
+                  f"(load {rec['load_avg'][0]})", file=sys.stderr, flush=True)
     probe("end")
 
     peaks = [v for p in probes if "flops_per_s" in p for v in p["flops_per_s"].values()]
     peak = max(peaks) if peaks else None
-    annotate(rows, peak)
+    summary = summarize(rows)
+    annotate(summary, peak)
     run_info.update({"load_avg_end": load_avg(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                      "matmul_peak_flops_per_s": peak, "model_config": model_config})
     if args.out:
@@ -180,12 +226,18 @@ def main(argv=None):
             f.write(json.dumps({"kind": "run", **run_info}) + "\n")
             for p in probes:
                 f.write(json.dumps({"kind": "probe", **p}) + "\n")
-            for r in rows:
+            for r in summary:
                 f.write(json.dumps({"kind": "config", **r}) + "\n")
+            if args.rounds > 1:
+                for r in rows:
+                    f.write(json.dumps({"kind": "config_round", **r}) + "\n")
     print(f"\n{command}\nload avg {run_info['load_avg_start']} -> {run_info['load_avg_end']}; matmul peak "
           f"{'-' if peak is None else format(peak / 1e9, '.0f')} GFLOP/s "
           f"({', '.join(p['impl'] + ' ' + ' '.join(f'{k} {v / 1e9:.0f}' for k, v in p['flops_per_s'].items()) for p in probes if 'flops_per_s' in p)})\n")
-    print(table(rows))
+    print(table(summary))
+    for r in summary:
+        if r.get("jax_over_peer_rounds"):
+            print(f"{r['method']}: jax/peer per round " + ", ".join(f"{x:.2f}" for x in r["jax_over_peer_rounds"]))
     return 1 if any("error" in r for r in rows) else 0
 
 

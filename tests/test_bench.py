@@ -1,4 +1,5 @@
 """Smoke test of scripts/bench.py: one tiny configuration writes its JSON line (no timing assertions)."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ def test_bench_writes_jsonl(tmp_path, asset_path):
     asset_path("minilm-l6")
     out = tmp_path / "b.jsonl"
     p = subprocess.run([sys.executable, str(ROOT / "scripts/bench.py"), "--model", "minilm-l6", "--batch", "2",
-                        "--seq", "8", "--methods", "houlsby", "--warmup", "1", "--steps", "1", "--out", str(out)],
+                        "--seq", "8", "--methods", "houlsby", "--warmup", "1", "--steps", "1", "--rounds", "2", "--out", str(out)],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -26,3 +27,31 @@ def test_bench_writes_jsonl(tmp_path, asset_path):
     assert row["impl"] == "jax"
     assert abs(row["opt_state_bytes"] / row["trainable_bytes"] - 2.0) < 0.01
     assert "| houlsby |" in p.stdout
+    per_round = [r for r in rows if r["kind"] == "config_round"]
+    assert [r["round"] for r in per_round] == [0, 1]
+    assert row["rounds"] == 2 and row["step_s_round_medians"] == [r["step_s_median"] for r in per_round]
+
+
+def test_rounds_summary_and_paired_ratios():
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts/bench.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    summarize, annotate = script.summarize, script.annotate
+
+    def row(impl, rnd, step):
+        return {"impl": impl, "method": "lora", "model": "m", "batch": 4, "seq": 8, "round": rnd,
+                "step_s_median": step, "step_s_min": step - 0.1, "step_s_max": step + 0.1, "tokens_per_s": 32 / step,
+                "grad_bytes": 1, "opt_state_bytes": 2, "trainable_bytes": 1, "peak_rss_bytes": 1, "model_flops": 64.0}
+
+    rows = [row("jax", 0, 2.0), row("peft", 0, 2.2), row("jax", 1, 1.0), row("peft", 1, 1.0),
+            row("jax", 2, 1.5), row("peft", 2, 3.0)]
+    summary = summarize(rows)
+    annotate(summary, peak=None)
+    ours, peer = summary
+    assert (ours["impl"], peer["impl"]) == ("jax", "peft")
+    assert ours["step_s_round_medians"] == [2.0, 1.0, 1.5] and ours["step_s_median"] == 1.5
+    assert (ours["step_s_min"], ours["step_s_max"]) == (0.9, 2.1)
+    assert peer["step_s_median"] == 2.2 and ours["tokens_per_s"] == 32 / 1.5
+    assert ours["jax_over_peer_rounds"] == [2.2 / 2.0, 1.0, 2.0]
+    assert abs(ours["jax_over_peer"] - 2.2 / 1.5) < 1e-12  # ratio of the medians
+    assert ours["achieved_flops_per_s"] == 64.0 / 1.5

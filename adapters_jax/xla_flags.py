@@ -15,6 +15,11 @@ compile failed", then the process dies with SIGILL). Minimal case:
 `((h * m[..., None]).sum(1) / n) @ w`. That killed our evaluation step; the
 `individual_dot` path compiles it (tests/test_xla_flags.py runs both patterns).
 
+Not for every model: on SmolLM2-135M (causal LM, 49k-token vocabulary) the LM
+loss's [128, 576] x [576, 49152] products run at half speed under oneDNN and a
+Houlsby step was 13% slower in a same-session A/B (bench/results/README.md);
+train causal LMs on a CPU with ADAPTERS_JAX_ONEDNN=0.
+
 ADAPTERS_JAX_ONEDNN=0 turns this off (XLA:CPU's own defaults). A flag already
 named in XLA_FLAGS is never overridden. Nothing changes if a JAX backend
 already exists when adapters_jax is imported (XLA reads XLA_FLAGS once), nor on

@@ -1,0 +1,61 @@
+"""A/B of XLA flag sets on one train step: each (method, flag set) in its own process, interleaved, repeated.
+
+    python bench/flags_ab.py --methods full,houlsby --sets default,ynnpack,onednn_dot_fusion --rounds 2
+
+Flag sets are named below; every run sets XLA_FLAGS explicitly (and ADAPTERS_JAX_ONEDNN=0, so the library
+adds nothing). Prints one line per run: median / min / max step seconds of --steps timed steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SETS = {
+    "ynnpack": "",  # XLA:CPU's own default
+    "default": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=individual_dot",  # ours
+    "onednn_dot_fusion": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot",
+    "eigen": "--xla_cpu_experimental_ynn_fusion_type=",
+    "xnnpack": "--xla_cpu_experimental_xnn_fusion_type=dot --xla_cpu_experimental_ynn_fusion_type=",
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="minilm-l6")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--methods", default="full,houlsby")
+    ap.add_argument("--sets", default="ynnpack,default", help=f"comma list of {sorted(SETS)}")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=4)
+    args = ap.parse_args()
+    sets = args.sets.split(",")
+    if bad := [s for s in sets if s not in SETS]:
+        ap.error(f"unknown flag sets {bad}; choose from {sorted(SETS)}")
+    for rnd in range(args.rounds):
+        for method in args.methods.split(","):
+            for name in sets:
+                env = {**os.environ, "XLA_FLAGS": SETS[name], "ADAPTERS_JAX_ONEDNN": "0"}
+                cfg = {"model": args.model, "method": method, "batch": args.batch, "seq": args.seq,
+                       "warmup": 1, "steps": args.steps}
+                p = subprocess.run([sys.executable, str(ROOT / "bench/jax_worker.py"), json.dumps(cfg)],
+                                   capture_output=True, text=True, env=env, cwd=ROOT)
+                recs = [json.loads(line.split(" ", 1)[1]) for line in p.stdout.splitlines()
+                        if line.startswith("BENCH_RESULT ")]
+                if not recs:
+                    print(f"round {rnd} {method:8s} {name:18s} FAILED (exit {p.returncode}): "
+                          + " | ".join(p.stderr.strip().splitlines()[-3:]), flush=True)
+                    continue
+                r = recs[0]
+                print(f"round {rnd} {method:8s} {name:18s} median {r['step_s_median']:.3f} min {r['step_s_min']:.3f} "
+                      f"max {r['step_s_max']:.3f} compile {r['compile_s']:.1f} s  loss {r['loss_after']:.5f}",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,11 +1,15 @@
 """Where a train step's time goes: a jax.profiler trace of a few steps, summed by XLA thunk name.
 
-    python bench/profile_step.py --model minilm-l6 --method houlsby --batch 32 --seq 128 [--steps 3]
+    python bench/profile_step.py --model minilm-l6 --method houlsby --batch 32 --seq 128 [--steps 3] [--dots]
 
 Prints ms/step and share per thunk kind (the trailing `.N` of fusion names
 dropped), the top single thunks, and a coarse split: dots (oneDNN/YNNPACK/plain
 dot thunks and fusions that contain a dot), random bits, transposes/copies,
-everything else. Same model, method and batch as bench/jax_worker.py.
+everything else. Same model, method and batch as bench/jax_worker.py. With
+--dots, the dot thunks grouped by operand shapes and contracting dims (read from
+the compiled HLO), with FLOPs and GFLOP/s of thunk time each. Thunks overlap on
+the threads and some dots run asynchronously (their thunk only launches them),
+so compare those rates within one run, not with a lone matmul's.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import collections
 import glob
 import gzip
 import json
+import math
 import os
 import re
 import sys
@@ -63,12 +68,8 @@ def dot_signatures(hlo: str) -> dict[str, tuple[str, float]]:
             name = _INSTR.match(line).group(1)
             a, b = re.search(r" dot\(%(\S+), %(\S+)\)", line).groups()
             contract = [int(d) for d in re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line).group(1).split(",") if d]
-            k = 1
-            for d in contract:
-                k *= shapes[a][1][d]
-            n_out = 1
-            for d in shapes[name][1]:
-                n_out *= d
+            k = math.prod(shapes[a][1][d] for d in contract)
+            n_out = math.prod(shapes[name][1])
             rc = re.search(r"rhs_contracting_dims=\{([\d,]*)\}", line).group(1)
             sig = f"{shapes[a][1]} x {shapes[b][1]} -> {shapes[name][1]} (contract {contract} x [{rc}])"
             out[name] = (sig, 2.0 * n_out * k)

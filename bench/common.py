@@ -1,4 +1,5 @@
-"""What each benchmark method means, on both sides (no jax, no torch: both workers import it).
+"""What each benchmark method means, on both sides (no jax, no torch: both workers import it), and how a
+parent runs a worker.
 
 Every method is the same work for us and for its peer: the same adapter shape
 (bottleneck 64 with ReLU for Houlsby/Pfeiffer, LoRA r=8 alpha=8 on query and
@@ -6,7 +7,12 @@ value, IA3 on keys/values/FFN), AdamW (lr 1e-3, weight decay 0.01) behind
 global-norm clipping at 1.0, float32, dropout as the model config has it.
 """
 import json
+import subprocess
 import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BOTTLENECK = 64
 
@@ -34,3 +40,21 @@ def emit(record: dict) -> None:
     """A worker's one result line on stdout (the parent picks it out of any other output)."""
     sys.stdout.write(RESULT_TAG + json.dumps(record) + "\n")
     sys.stdout.flush()
+
+
+def run_worker(python: str, script: str, cfg: dict, timeout: float, env: dict | None = None) -> dict:
+    """One worker process (`script` under the repository root, `env` its environment if given); returns its
+    result record, or an error record naming what failed."""
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run([python, str(ROOT / script), json.dumps(cfg)], capture_output=True, text=True,
+                           timeout=timeout, cwd=ROOT, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in p.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            rec = json.loads(line[len(RESULT_TAG):])
+            rec["process_s"] = time.perf_counter() - t0
+            return rec
+    tail = (p.stderr or p.stdout).strip().splitlines()[-6:]
+    return {"error": f"{script} exited {p.returncode} without a result: " + " | ".join(tail)}

@@ -8,16 +8,18 @@ adds nothing). Prints one line per run: median / min / max step seconds of --ste
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adapters_jax.xla_flags import ONEDNN  # noqa: E402  (each child gets its XLA_FLAGS set explicitly below)
+from bench.common import run_worker  # noqa: E402
+
 SETS = {
     "ynnpack": "",  # XLA:CPU's own default
-    "default": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=individual_dot",  # ours
+    "default": " ".join(ONEDNN),  # the library's
     "onednn_dot_fusion": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot",
     "eigen": "--xla_cpu_experimental_ynn_fusion_type=",
     "xnnpack": "--xla_cpu_experimental_xnn_fusion_type=dot --xla_cpu_experimental_ynn_fusion_type=",
@@ -43,15 +45,10 @@ def main():
                 env = {**os.environ, "XLA_FLAGS": SETS[name], "ADAPTERS_JAX_ONEDNN": "0"}
                 cfg = {"model": args.model, "method": method, "batch": args.batch, "seq": args.seq,
                        "warmup": 1, "steps": args.steps}
-                p = subprocess.run([sys.executable, str(ROOT / "bench/jax_worker.py"), json.dumps(cfg)],
-                                   capture_output=True, text=True, env=env, cwd=ROOT)
-                recs = [json.loads(line.split(" ", 1)[1]) for line in p.stdout.splitlines()
-                        if line.startswith("BENCH_RESULT ")]
-                if not recs:
-                    print(f"round {rnd} {method:8s} {name:18s} FAILED (exit {p.returncode}): "
-                          + " | ".join(p.stderr.strip().splitlines()[-3:]), flush=True)
+                r = run_worker(sys.executable, "bench/jax_worker.py", cfg, timeout=1800, env=env)
+                if "error" in r:
+                    print(f"round {rnd} {method:8s} {name:18s} FAILED: {r['error']}", flush=True)
                     continue
-                r = recs[0]
                 print(f"round {rnd} {method:8s} {name:18s} median {r['step_s_median']:.3f} min {r['step_s_min']:.3f} "
                       f"max {r['step_s_max']:.3f} compile {r['compile_s']:.1f} s  loss {r['loss_after']:.5f}",
                       flush=True)

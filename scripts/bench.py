@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,24 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import JAX_SPECS, MODELS, PEERS, RESULT_TAG  # noqa: E402
-
-
-def run_worker(python: str, script: str, cfg: dict, timeout: float) -> dict:
-    """One worker process; returns its result record, or an error record naming what failed."""
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.run([python, str(ROOT / script), json.dumps(cfg)], capture_output=True, text=True,
-                           timeout=timeout, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    for line in p.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            rec = json.loads(line[len(RESULT_TAG):])
-            rec["process_s"] = time.perf_counter() - t0
-            return rec
-    tail = (p.stderr or p.stdout).strip().splitlines()[-6:]
-    return {"error": f"{script} exited {p.returncode} without a result: " + " | ".join(tail)}
+from bench.common import JAX_SPECS, MODELS, PEERS, run_worker  # noqa: E402
 
 
 def load_avg() -> list[float]:

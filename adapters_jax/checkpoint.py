@@ -21,13 +21,10 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
+from adapters_jax.errors import CheckpointError  # noqa: F401  (re-exported)
 
 # Metadata keys that must match for a resume (the rest is informational).
 MUST_MATCH = ("adapter", "adapter_setup", "train_rules", "base_fingerprint", "task")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint directory that cannot be resumed from; the message says why."""
 
 
 class Checkpointer:

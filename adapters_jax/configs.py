@@ -32,10 +32,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Union
-
-
-class AdapterConfigError(ValueError):
-    """A config string or value that cannot be used; the message says what is valid."""
+from adapters_jax.errors import ConfigError as AdapterConfigError  # noqa: F401  (re-exported)
 
 
 NON_LINEARITIES = ("relu", "gelu", "gelu_new", "swish", "silu", "tanh", "leakyrelu", "sigmoid", "identity")

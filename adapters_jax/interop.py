@@ -31,10 +31,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from adapters_jax.configs import IA3, Bottleneck
 from adapters_jax.models import family_of
 from adapters_jax.modules import hooks
-
-
-class InteropError(ValueError):
-    """Adapter weights that do not fit the model's adapter: the message names the tensor."""
+from adapters_jax.errors import InteropError  # noqa: F401  (re-exported)
 
 
 def _module_path(dotted: str, model) -> str:

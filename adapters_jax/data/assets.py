@@ -39,12 +39,9 @@ import tempfile
 import warnings
 import zipfile
 from pathlib import Path
+from adapters_jax.errors import AssetError  # noqa: F401  (re-exported)
 
 SUMS = "SHA256SUMS"
-
-
-class AssetError(RuntimeError):
-    """An asset could not be had, or its bytes differ from the pin."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,14 +34,11 @@ from typing import Callable, Iterable, Sequence
 import datasets
 
 from adapters_jax.data import assets
+from adapters_jax.errors import DataError  # noqa: F401  (re-exported)
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
                  "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
-
-
-class DataError(ValueError):
-    """Bad data or data configuration; the message names the file, column or split."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -19,10 +19,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded: the message names the file or tensor."""
+from adapters_jax.errors import CheckpointError  # noqa: F401  (re-exported)
 
 
 def read_config(model_dir: Path) -> dict:

@@ -35,12 +35,9 @@ from adapters_jax.partition import param_report, split
 from adapters_jax.train import optimizer as opt_lib
 from adapters_jax.train import parallel
 from adapters_jax.train.step import init_state, make_eval_step, make_train_step
+from adapters_jax.errors import TrainingError  # noqa: F401  (re-exported)
 
 BATCH_KEYS = ("input_ids", "attention_mask", "labels", "example_mask", "index")
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (NaN loss, bad config); the message says what and what was kept."""
 
 
 def _git_commit() -> str | None:

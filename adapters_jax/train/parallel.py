@@ -32,6 +32,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
 from adapters_jax.train.step import init_state as _init_state
+from adapters_jax.errors import ParallelError  # noqa: F401  (re-exported)
 
 STRATEGIES = ("single", "pmap", "mesh")
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -48,10 +49,6 @@ TENSOR_RULES = (
     (r"(word_embeddings|embed_tokens)/embedding$", ("tensor", None)),
     (r"lm_head/kernel$", (None, "tensor")),
 )
-
-
-class ParallelError(ValueError):
-    """A strategy or mesh that cannot run here; the message says what and what to change."""
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,

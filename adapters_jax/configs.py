@@ -6,7 +6,10 @@ A config string names one or more methods with AdapterHub's ids and keys:
     "lora[r=8,alpha=16,attn_matrices=[q,k,v]]"        "prefix_tuning[prefix_length=10]|par_bn"
     "mam"                                             "ia3"
 
-`|` joins methods into one adapter (a union, AdapterHub's ConfigUnion). Each
+`|` joins methods into one adapter (a union, AdapterHub's ConfigUnion). A value
+holding `,` `|` `[` `]` or a quote is written in quotes, a quote inside doubled
+(`target='x{1,3}|it''s'`); `to_string` quotes so that `parse(to_string(x)) == x`.
+A list value is `[a,b]`; a bare value is a list of one (`leave_out=10`). Each
 id's defaults are AdapterHub's (adapters 1.3), with these deliberate deviations:
 
 - bottleneck `init_weights` defaults to "zero" (down-projection as BERT's
@@ -155,33 +158,64 @@ PRESETS: dict[str, tuple[type, dict]] = {
 UNIONS = {"mam": "prefix_tuning[bottleneck_size=800]|par_bn"}
 
 
+_QUOTES = "'\""
+_SPECIAL = set(",|[]'\"")  # characters that end or split an unquoted value
+
+
 def _split_top(s: str, sep: str) -> list[str]:
-    """Split on `sep` outside brackets."""
-    parts, depth, cur = [], 0, ""
+    """Split on `sep` outside brackets and quotes ('...' or "...": a quote inside is written twice)."""
+    parts, depth, quote, cur = [], 0, None, ""
     for ch in s:
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == sep and depth == 0:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in _QUOTES:
+            quote = ch
+        elif ch == sep and depth == 0:
             parts.append(cur)
             cur = ""
+            continue
         else:
-            cur += ch
+            depth += (ch == "[") - (ch == "]")
+            if depth < 0:
+                break
+        cur += ch
+    if quote:
+        raise AdapterConfigError(f"unclosed quote {quote} in adapter config {s!r}")
     if depth != 0:
         raise AdapterConfigError(f"unbalanced brackets in adapter config {s!r}")
     return parts + [cur]
 
 
+def _unquote(raw: str, where: str) -> tuple[str, bool]:
+    """('it''s' -> it's, True); an unquoted value comes back as it is (False)."""
+    q = raw[:1]
+    if not q or q not in _QUOTES:
+        return raw, False
+    inner = raw[1:-1]
+    if len(raw) < 2 or raw[-1] != q or q in inner.replace(q * 2, ""):
+        raise AdapterConfigError(f"{where}: cannot read {raw!r}: a quoted value is one {q}...{q}, "
+                                 f"with a {q} inside it written twice")
+    return inner.replace(q * 2, q), True
+
+
+def _quote(text: str) -> str:
+    """`text` as a value that parses back to itself: quoted when it holds , | [ ] or a quote."""
+    if text and text == text.strip() and not (_SPECIAL & set(text)) and text.lower() != "none":
+        return text
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _coerce(cls, key: str, raw: str, where: str):
-    f = {f.name: f for f in dataclasses.fields(cls)}[key]
-    t = str(f.type)
+    t = str({f.name: f for f in dataclasses.fields(cls)}[key].type)
     raw = raw.strip()
-    low = raw.lower()
+    if t.startswith("tuple"):
+        inner = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw  # a bare value is one item
+        items = [_unquote(v.strip(), where)[0] for v in _split_top(inner, ",") if v.strip()]
+    text, quoted = _unquote(raw, where)
+    low = text.lower()
     try:
-        if "tuple" in t:
-            items = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
-            vals = [v.strip().strip("'\"") for v in items.split(",") if v.strip()] if ("," in items or "[" in raw) \
-                else list(items)
-            return tuple(int(v) for v in vals) if "int" in t else tuple(vals)
+        if t.startswith("tuple"):
+            return tuple(int(v) for v in items) if "int" in t else tuple(items)
         if t.startswith("bool") or t == "Union[bool, str]":
             if low in ("true", "false"):
                 return low == "true"
@@ -189,13 +223,13 @@ def _coerce(cls, key: str, raw: str, where: str):
                 return low
             raise ValueError
         if t in ("int", "int | None"):
-            return None if low == "none" and "None" in t else int(raw)
+            return None if low == "none" and "None" in t else int(text)
         if t in ("float",):
-            return float(raw)
+            return float(text)
         if t == "Union[float, str]":
-            return low if low in ("learned", "channel") else float(raw)
+            return low if low in ("learned", "channel") else float(text)
         if t in ("str", "str | None"):
-            return None if low == "none" and "None" in t else raw
+            return None if low == "none" and "None" in t and not quoted else text
     except ValueError:
         pass
     raise AdapterConfigError(f"{where}: {key}={raw!r} is not a valid {t}")
@@ -286,9 +320,13 @@ def to_string(methods: tuple[MethodConfig, ...]) -> str:
             v = getattr(cfg, f.name)
             if v == f.default:
                 continue
-            if isinstance(v, tuple):
-                v = "[" + ",".join(map(str, v)) + "]"
-            kv.append(f"{f.name}={str(v).lower() if isinstance(v, bool) else v}")
+            if isinstance(v, bool):
+                v = str(v).lower()
+            elif isinstance(v, tuple):
+                v = "[" + ",".join(_quote(x) if isinstance(x, str) else str(x) for x in v) + "]"
+            elif isinstance(v, str):
+                v = _quote(v)
+            kv.append(f"{f.name}={v}")
         parts.append(ids[type(cfg)] + (f"[{','.join(kv)}]" if kv else ""))
     return "|".join(parts)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from adapters_jax.data import assets
 from adapters_jax.data.assets import AssetError
 
+ROOT = Path(__file__).resolve().parents[1]
 BBC = assets.ASSETS["bbc_news"]
 RT = assets.ASSETS["rt_polarity"]
 
@@ -199,3 +201,32 @@ def test_script_fetch_and_verify(asset_path):
     assert out.returncode == 0 and RT.files[0][1] in out.stdout
     out = subprocess.run([sys.executable, str(script), "fetch", "nope"], capture_output=True, text=True)
     assert out.returncode != 0 and "bbc_news" in out.stderr
+
+
+def test_docs_record_every_pin_and_no_other():
+    """docs/assets.md is the human-readable record of the catalog: same archives, members and sha256s."""
+    doc = (ROOT / "docs" / "assets.md").read_text()
+    lines = doc.splitlines()
+
+    def stated(*parts):
+        return any(all(p in line for p in parts) for line in lines)
+
+    pins = set()
+    for a in assets.ASSETS.values():
+        assert stated(f"`{a.name}`", f"`{a.requirement}`", f"`{a.wheel_sha256}`", a.license), a.name
+        pins.add(a.wheel_sha256)
+        for rel, sha in a.files:
+            assert stated(f"`{a.name}`", f"`{a.prefix}{rel}`", f"`{sha}`"), f"{a.name}: {rel}"
+            pins.add(sha)
+        if a.tree is not None:
+            assert stated(f"`{a.name}`", f"`{a.prefix}{a.tree.folder}/`", f"{a.tree.count:,} files", f"`{a.tree.sha256}`")
+            pins.add(a.tree.sha256)
+    assert set(re.findall(r"\b[0-9a-f]{64}\b", doc)) == pins  # no stale or unknown hash on the page
+
+
+def test_unwritable_cache_is_named(tmp_cache, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("ADAPTERS_JAX_CACHE", str(blocker))
+    with pytest.raises(AssetError, match=rf"cannot write the asset cache {blocker / 'assets'}: .*set ADAPTERS_JAX_CACHE"):
+        assets.fetch("bbc_news")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -11,7 +13,8 @@ import pytest
 from adapters_jax.data import tasks, tokenize
 from adapters_jax.data.tasks import DataError
 
-# ASSETS.md: counts after the split rule.
+ROOT = Path(__file__).resolve().parents[1]
+# docs/assets.md: counts after the split rule (test_docs_state_these_counts holds the doc to them).
 COUNTS = {
     "rt_polarity": (10209, 1307, 1236),
     "tweet_sentiment": (29922, 3660, 3615),
@@ -42,7 +45,18 @@ def test_builtin_task_counts_and_disjoint_splits(name, real_task):
     assert all(tasks.split_of(t) == "validation" for t in sample)
 
 
-def test_label_totals_match_assets_md(real_task):
+def test_docs_state_these_counts(real_task):
+    doc = (ROOT / "docs" / "assets.md").read_text()
+    for name, counts in COUNTS.items():
+        stated = re.findall(rf"`{name}`.*train ([\d,]+) / validation ([\d,]+) / test ([\d,]+)", doc)
+        assert [tuple(int(n.replace(",", "")) for n in row) for row in stated] == [counts], name
+    rt = real_task("rt_polarity")  # the rule recorded on the task: what a run's report states
+    assert rt.split_rule.startswith("sha1 rule (docs/assets.md)") and "1 validation" in rt.split_rule
+    assert rt.split_rule.endswith(": train 10,209 / validation 1,307 / test 1,236")
+    assert rt.split_counts == dict(zip(tasks.SPLITS, COUNTS["rt_polarity"]))
+
+
+def test_label_totals_match_the_docs(real_task):
     tweet = real_task("tweet_sentiment")
     totals = np.bincount(np.concatenate([tweet[s]["label"] for s in tasks.SPLITS]), minlength=3)
     assert totals.tolist() == [15955, 14431, 6811]
@@ -142,8 +156,8 @@ def test_bad_input_labels_outside_declared_names(csv_file):
 
 
 def test_bad_input_empty_split(csv_file):
-    path = csv_file(_many(split=lambda i: ["train", "test"][i % 2]))
-    with pytest.raises(DataError, match=rf"{path} split column: split 'validation' is empty"):
+    path = csv_file(_many(split=lambda i: ["train", "validation"][i % 2]))
+    with pytest.raises(DataError, match=rf"{path} split column: split 'test' is empty \(no row says 'test'\)"):
         tasks.load_local(path, split_column="split")
     weird = csv_file(_many(split=lambda i: ["train", "holdout", "test"][i % 3]), "weird.csv")
     with pytest.raises(DataError, match=r"values \['holdout'\] are not train/validation/test"):
@@ -151,6 +165,123 @@ def test_bad_input_empty_split(csv_file):
     tiny = csv_file(_many(n=3), "tiny.csv")
     with pytest.raises(DataError, match=r"tiny.csv \(hash split\): split '(train|validation|test)' is empty"):
         tasks.load_local(tiny)
+
+
+# --- a file with train and test only: validation carved out of train, or none ---
+
+@pytest.fixture(scope="module")
+def train_test_file(real_task, tmp_path_factory):
+    """rt_polarity rows as a file with train and test only: its "train" rows are 1,000 of the task's
+    train and 150 of its validation (so the hash rule's validation bucket is known), in mixed order."""
+    import pandas as pd
+
+    rt = real_task("rt_polarity")
+    train = [(t, l) for t, l in zip(rt["train"]["text"][:1000], rt["train"]["label"][:1000])]
+    val = [(t, l) for t, l in zip(rt["validation"]["text"][:150], rt["validation"]["label"][:150])]
+    test = [(t, l) for t, l in zip(rt["test"]["text"][:200], rt["test"]["label"][:200])]
+    mixed = [r for pair in zip(train[:150], val) for r in pair] + train[150:]
+    rows = [{"review": t, "stars": l, "part": "train"} for t, l in mixed]
+    rows += [{"review": t, "stars": l, "part": "test"} for t, l in test]
+    path = tmp_path_factory.mktemp("tt") / "reviews.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path, {"train": train, "validation": val, "test": test}
+
+
+def _pairs(task, split):
+    return list(zip(task[split]["text"], task[split]["label"]))
+
+
+def test_train_and_test_only_file_gets_validation_carved_from_train(train_test_file):
+    path, want = train_test_file
+    kw = dict(text_column="review", label_column="stars", split_column="part")
+    task = tasks.load_local(path, **kw)  # refused before: "split 'validation' is empty"
+    assert task.split_counts == {"train": 1000, "validation": 150, "test": 200}
+    # The rule: a train row whose sha1(text) % 10 == 1 goes to validation; rows keep the file's order.
+    assert _pairs(task, "validation") == want["validation"]
+    assert _pairs(task, "train") == want["train"] and _pairs(task, "test") == want["test"]
+    assert not set(task["train"]["text"]) & set(task["validation"]["text"])
+    assert task.split_rule == ("the split column's train and test; validation carved out of its train rows by "
+                               "sha1(text) % 10 == 1 (docs/assets.md): train 1,000 / validation 150 / test 200")
+    again = tasks.load_local(path, **kw)
+    assert again.fingerprint == task.fingerprint  # deterministic
+
+
+def test_train_and_test_only_file_without_validation_when_asked(train_test_file, csv_file, minilm_tokenizer):
+    path, want = train_test_file
+    kw = dict(text_column="review", label_column="stars", split_column="part")
+    task = tasks.load_local(path, validation="none", **kw)
+    assert task.split_counts == {"train": 1150, "test": 200}
+    assert sorted(_pairs(task, "train")) == sorted(want["train"] + want["validation"])
+    assert task.split_rule == ("the split column's train and test; no validation (validation='none'): "
+                               "train 1,150 / test 200")
+    with pytest.raises(DataError, match=r"task reviews has no 'validation' split \(the split column's train and test; no"):
+        task["validation"]
+    assert sorted(tokenize.encode_task(task, minilm_tokenizer, 32, cache=False)) == ["test", "train"]
+
+    no_column = tasks.load_local(path, text_column="review", label_column="stars", validation="none")
+    assert set(no_column.split_counts) == {"train", "test"} and "0 test, else train" in no_column.split_rule
+    three = csv_file(_many())
+    with pytest.raises(DataError, match=rf"{three} split column: 20 rows say 'validation' but validation='none'"):
+        tasks.load_local(three, split_column="split", validation="none")
+    with pytest.raises(DataError, match=r"validation='dev'; choose one of \('from_train', 'none'\)"):
+        tasks.load_local(three, split_column="split", validation="dev")
+    tiny = csv_file(_many(n=6, split=lambda i: ["train", "test"][i % 2]), "tiny_tt.csv")
+    with pytest.raises(DataError, match=r"carving them out of the 3 train rows by sha1\(text\) % 10 == 1 leaves "
+                                        r"validation empty; add validation rows or pass validation='none'"):
+        tasks.load_local(tiny, split_column="split")
+
+
+def test_file_with_one_split_gets_the_hash_rule(real_task, csv_file):
+    rt = real_task("rt_polarity")
+    rows = [{"text": t, "label": l, "split": "train"} for s in tasks.SPLITS for t, l in zip(*(rt[s][c][:300] for c in ("text", "label")))]
+    task = tasks.load_local(csv_file(rows), split_column="split", label_names=rt.label_names)
+    assert task.split_counts == {"train": 300, "validation": 300, "test": 300}  # refused before
+    assert task.split_rule.startswith("the split column says only 'train': sha1 rule (docs/assets.md)")
+    for split in tasks.SPLITS:
+        assert _pairs(task, split) == list(zip(rt[split]["text"][:300], rt[split]["label"][:300]))
+
+
+def test_hub_set_with_train_and_test_keeps_them_and_carves_validation(real_task, monkeypatch):
+    rt = real_task("rt_polarity")
+    parts = {"train": (rt["train"][:50], rt["validation"][:10]), "test": (rt["test"][:20],)}
+
+    def fake_load(name, config):
+        ds = {s: datasets.Dataset.from_dict({"text": sum((d["text"] for d in p), []), "label": sum((d["label"] for d in p), [])},
+                                            features=rt["train"].features) for s, p in parts.items()}
+        ds["unsupervised"] = datasets.Dataset.from_dict({"text": ["no label"], "label": [-1]})  # as imdb has
+        return datasets.DatasetDict(ds)
+
+    monkeypatch.setattr(tasks.assets, "hub_reachable", lambda: True)
+    monkeypatch.setattr(tasks.datasets, "load_dataset", fake_load)
+    task = tasks.load("someone/reviews")  # before: pooled with the unsupervised row, refused for its label -1
+    assert task.split_counts == {"train": 50, "validation": 10, "test": 20}
+    assert task["test"]["text"] == rt["test"]["text"][:20] and task.label_names == rt.label_names
+    assert "validation carved out of its train rows" in task.split_rule
+
+    def missing(name, config):
+        raise FileNotFoundError(f"Dataset '{name}' doesn't exist on the Hub")
+
+    monkeypatch.setattr(tasks.datasets, "load_dataset", missing)
+    with pytest.raises(DataError, match="hub data set someone/nope: cannot load: FileNotFoundError: Dataset"):
+        tasks.load("someone/nope")
+
+
+def test_tokenisation_cache_unreadable_or_unwritable(tmp_path, monkeypatch, minilm_tokenizer):
+    task = tasks.from_records("tiny", [f"text number {i}" for i in range(60)], [i % 2 for i in range(60)], None, where="tiny")
+    monkeypatch.setenv("ADAPTERS_JAX_CACHE", str(tmp_path / "cache"))
+    first = tokenize.encode_task(task, minilm_tokenizer, 16)
+    (tokenize.cache_dir(task, minilm_tokenizer, 16) / "train.npz").write_bytes(b"half a file")
+    with pytest.warns(UserWarning, match=r"train\.npz: unreadable tokenisation cache .*tokenising again"):
+        again = tokenize.encode_task(task, minilm_tokenizer, 16)
+    assert np.array_equal(again["train"].flat, first["train"].flat)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rewritten in place: read without a warning now
+        tokenize.encode_task(task, minilm_tokenizer, 16)
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("ADAPTERS_JAX_CACHE", str(tmp_path / "file"))
+    with pytest.raises(DataError, match=rf"cannot write the tokenisation cache {tmp_path / 'file'}/tokenized/.*ADAPTERS_JAX_CACHE"):
+        tokenize.encode_task(task, minilm_tokenizer, 16)
 
 
 def test_unknown_task_name_says_what_is_known(monkeypatch):

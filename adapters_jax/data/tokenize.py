@@ -1,6 +1,6 @@
 """Tokenisation with the model's own tokenizer, cached on disk.
 
-    enc = tokenize.encode_task(task, tokenizer, max_length=128)   # {"train": Encoded, ...}
+    enc = tokenize.encode_task(task, tokenizer, max_length=128)   # {"train": Encoded, ...}: one per split of task
     enc["train"].ids       list of int32 arrays, ragged: special tokens included, truncated to max_length
     enc["train"].labels    int32 [N]
     enc["train"].lengths   int32 [N]
@@ -21,6 +21,8 @@ import functools
 import hashlib
 import os
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,7 +30,7 @@ import numpy as np
 import tokenizers
 
 from adapters_jax.data import assets
-from adapters_jax.data.tasks import SPLITS, DataError, Task
+from adapters_jax.data.tasks import DataError, Task
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -95,19 +97,31 @@ def encode_task(task: Task, tokenizer: Any, max_length: int, *, cache: bool = Tr
         raise DataError(f"max_length={max_length}: too small to hold the special tokens")
     where = cache_dir(task, tokenizer, max_length) if cache else None
     out = {}
-    for split in SPLITS:
+    for split in task.splits:  # train, test, and validation unless the task has none
         file = where / f"{split}.npz" if where else None
         if file is not None and file.is_file():
-            with np.load(file) as z:
-                out[split] = Encoded(z["flat"], z["offsets"], z["labels"])
-            continue
+            try:
+                with np.load(file) as z:
+                    out[split] = Encoded(z["flat"], z["offsets"], z["labels"])
+                continue
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # a miss, not a failure
+                warnings.warn(f"{file}: unreadable tokenisation cache ({type(e).__name__}: {e}); tokenising again")
         d = task.splits[split]
         enc = Encoded.from_ids(encode_texts(d["text"], tokenizer, max_length), d["label"])
         if file is not None:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{split}.", suffix=".npz", dir=file.parent)
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, flat=enc.flat, offsets=enc.offsets, labels=enc.labels)
-            os.replace(tmp, file)
+            _save(file, enc)
         out[split] = enc
     return out
+
+
+def _save(file: Path, enc: Encoded) -> None:
+    """Write to a temp file and rename it into place, so a reader never sees half a file."""
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{file.stem}.", suffix=".npz", dir=file.parent)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, flat=enc.flat, offsets=enc.offsets, labels=enc.labels)
+        os.replace(tmp, file)
+    except OSError as e:
+        raise DataError(f"cannot write the tokenisation cache {file}: {e.strerror or e}; "
+                        f"set ADAPTERS_JAX_CACHE to a writable directory or pass cache=False") from None

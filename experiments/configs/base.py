@@ -10,10 +10,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.model_overrides = ml_collections.ConfigDict()
     c.dtype = "float32"  # compute dtype: float32 or bfloat16 (params and optimizer state stay float32)
     c.task = "rt_polarity"  # built-in task, a local .csv/.json/.parquet path, or a hub data set name
-    # for a local .csv/.json/.parquet file (ignored for built-in tasks); no split column: ASSETS.md's sha1 rule
+    # for a local .csv/.json/.parquet file or hub set (ignored for built-in tasks); split rules: docs/assets.md.
+    # No split column: the sha1 rule. Train and test only: validation="from_train" carves validation out of
+    # train by the same hash, "none" trains without one; task.split_rule states the rule used and the counts.
     c.task_kwargs = ml_collections.ConfigDict({
         "text_column": "text", "label_column": "label",
         "split_column": ml_collections.config_dict.placeholder(str),
+        "validation": "from_train",
     })
     c.adapter = "houlsby[bottleneck=64,non_linearity=relu]"  # config string; "none" for head-only / full FT
     c.adapter_name = "default"

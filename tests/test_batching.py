@@ -1,4 +1,4 @@
-"""Batching on a real task: buckets, resume across epochs, host slices, eval masks, packing."""
+"""Batching on a real task: buckets, resume across epochs, host slices, eval masks, refusals."""
 from __future__ import annotations
 
 import itertools
@@ -9,7 +9,7 @@ import pytest
 
 from adapters_jax.data import tokenize
 from adapters_jax.data.batching import Batches, eval_batches
-from adapters_jax.data.tasks import DataError
+from adapters_jax.errors import DataError
 
 BUCKETS = (32, 64, 128)
 
@@ -80,7 +80,7 @@ def test_restore_yields_the_same_batches_across_an_epoch_boundary(rt):
         make().restore({"seed": 7, "epoch": 0, "step": 99})
 
 
-@pytest.mark.parametrize("padding", ["buckets", "longest", "pack"])
+@pytest.mark.parametrize("padding", ["buckets", "longest", "max"])
 def test_hosts_get_disjoint_slices_of_the_global_batch(rt, padding):
     train, n, B = rt["train"], 4, 128
     kw = dict(padding=padding, buckets=BUCKETS, seed=5, max_length=128)
@@ -116,28 +116,20 @@ def test_eval_with_ragged_last_batch_counts_each_example_once(rt, hosts):
     assert (counted == 1).all() and correct == len(val)
 
 
-def test_max_padding_has_one_shape_and_pack_keeps_every_token(rt):
+def test_max_padding_has_one_shape(rt):
     train = rt["train"]
     fixed = Batches(train.ids, train.labels, 64, padding="max", max_length=128, repeat=False)
     assert {b["input_ids"].shape for b in fixed} == {(64, 128)}
 
-    packed = Batches(train.ids, train.labels, 16, padding="pack", max_length=128, max_segments=8,
-                     drop_last=False, repeat=False, seed=1)
-    seen = []
-    for batch in packed:
-        assert batch["input_ids"].shape == (16, 128) and batch["labels"].shape == (16, 8)
-        for r, s in zip(*np.nonzero(batch["example_mask"])):
-            i = batch["index"][r, s]
-            sel = batch["segment_ids"][r] == s + 1
-            assert np.array_equal(batch["input_ids"][r][sel], train.ids[i])
-            assert np.array_equal(batch["positions"][r][sel], np.arange(train.lengths[i]))
-            assert batch["labels"][r, s] == train.labels[i]
-            seen.append(i)
-        real = batch["example_mask"].any(1)
-        assert (batch["attention_mask"][real] == (batch["segment_ids"][real] > 0)).all()
-    assert sorted(seen) == list(range(len(train)))
-    fill = train.lengths.sum() / (packed.steps_per_epoch(0) * 16 * 128)
-    assert fill > 0.8  # ~4 snippets a row instead of 1
+
+def test_packing_is_refused(rt):
+    """No model reads segment ids, so padding="pack" (which emitted them) is gone, and says so."""
+    train = rt["train"]
+    with pytest.raises(DataError, match=r"padding='pack'; choose one of \('buckets', 'max', 'longest'\) "
+                                        r"\(no packing: no model reads segment ids\)"):
+        Batches(train.ids, train.labels, 16, padding="pack", max_length=128)
+    with pytest.raises(TypeError, match="max_segments"):
+        Batches(train.ids, train.labels, 16, max_segments=8)
 
 
 def test_bad_batching_input(rt):

@@ -15,10 +15,6 @@ Each batch is a dict of numpy arrays, b = batch_size // process_count rows:
     labels          [b]    int32
     example_mask    [b]    bool    False on padding rows (the final partial batch when drop_last=False)
     index           [b]    int32   row of the example in `token_ids`, -1 on padding rows
-and with padding="pack" (several examples per row, S = max_segments):
-    segment_ids     [b, T] int32   1..S per example in the row, 0 on padding
-    positions       [b, T] int32   position within its own example
-    labels, example_mask, index    [b, S]
 
 `batch_size` is global: the epoch's order (a permutation from (seed, epoch)) is
 cut into global batches, and process i of n yields rows [i*b, (i+1)*b) of each,
@@ -28,11 +24,13 @@ the plan over all lengths, so T is decided globally:
     "buckets"  the smallest bucket >= the longest row of the global batch (few shapes, no recompiles)
     "max"      max_length for every batch (one shape)
     "longest"  the longest row of the global batch (least padding, a shape per length)
-    "pack"     max_length, rows packed greedily in epoch order
 group_by_length=W (training): windows of W global batches are sorted by length and
 cut into batches, whose order is then shuffled: far less padding for a small
 change in what shares a batch (deterministic from (seed, epoch) too).
 Padding rows attend to their first position only, so no softmax row is empty.
+
+Packing several examples into one row is not offered: no model reads segment
+ids or per-example positions, so packed examples would attend to each other.
 """
 from __future__ import annotations
 
@@ -40,15 +38,15 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from adapters_jax.data.tasks import DataError
+from adapters_jax.errors import DataError
 
-PADDINGS = ("buckets", "max", "longest", "pack")
+PADDINGS = ("buckets", "max", "longest")
 
 
 class Batches:
     def __init__(self, token_ids: Sequence[np.ndarray], labels, batch_size: int, *,
                  padding: str = "buckets", buckets: Sequence[int] = (32, 64, 128), max_length: int | None = None,
-                 max_segments: int = 8, pad_id: int = 0, seed: int = 0, shuffle: bool = True,
+                 pad_id: int = 0, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, repeat: bool = True, process_index: int = 0, process_count: int = 1,
                  group_by_length: int = 0):
         self.ids = [np.asarray(x, dtype=np.int32) for x in token_ids]
@@ -60,7 +58,8 @@ class Batches:
         if len(self.labels) != n:
             raise DataError(f"{n} token sequences but {len(self.labels)} labels")
         if padding not in PADDINGS:
-            raise DataError(f"padding={padding!r}; choose one of {PADDINGS}")
+            why = " (no packing: no model reads segment ids)" if padding == "pack" else ""
+            raise DataError(f"padding={padding!r}; choose one of {PADDINGS}{why}")
         if batch_size <= 0 or process_count <= 0 or batch_size % process_count:
             raise DataError(f"batch_size={batch_size} must be a positive multiple of process_count={process_count}")
         if not 0 <= process_index < process_count:
@@ -70,18 +69,16 @@ class Batches:
         if padding == "buckets" and (not self.buckets or self.buckets[-1] < longest):
             raise DataError(f"the longest sequence has {longest} tokens but the largest bucket is "
                             f"{self.buckets[-1] if self.buckets else None}; add a bucket >= {longest} or truncate")
-        self.max_length = int(max_length) if max_length is not None else max(longest, self.buckets[-1] if padding == "pack" and self.buckets else 0)
-        if padding in ("max", "pack") and self.max_length < longest:
+        self.max_length = int(max_length) if max_length is not None else longest
+        if padding == "max" and self.max_length < longest:
             raise DataError(f"max_length={self.max_length} is shorter than the longest sequence ({longest} tokens)")
-        if padding == "pack" and max_segments < 1:
-            raise DataError(f"max_segments={max_segments} must be >= 1")
-        self.padding, self.max_segments, self.pad_id = padding, int(max_segments), int(pad_id)
+        self.padding, self.pad_id = padding, int(pad_id)
         self.batch_size, self.local_batch = int(batch_size), int(batch_size) // int(process_count)
         self.shuffle, self.drop_last, self.repeat = shuffle, drop_last, repeat
         self.process_index, self.process_count = int(process_index), int(process_count)
         self.seed, self.epoch, self.step = int(seed), 0, 0
-        if group_by_length < 0 or (group_by_length and padding == "pack"):
-            raise DataError(f"group_by_length={group_by_length} must be >= 0 and needs padding other than 'pack'")
+        if group_by_length < 0:
+            raise DataError(f"group_by_length={group_by_length} must be >= 0")
         self.group_by_length = int(group_by_length)
         self._plan_cache: tuple[int, list] | None = None
         if not self._plan(0):
@@ -117,17 +114,15 @@ class Batches:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.ids))
 
     def _plan(self, epoch: int) -> list[list]:
-        """The epoch's global batches: lists of example indices (pack: lists of rows of indices)."""
+        """The epoch's global batches: lists of example indices."""
         if self._plan_cache is not None and self._plan_cache[0] == epoch:
             return self._plan_cache[1]
-        units = self._order(epoch).tolist()
-        if self.padding == "pack":
-            units = self._pack(units)
+        order = self._order(epoch).tolist()
         B = self.batch_size
         if self.group_by_length and self.shuffle:
-            plan = self._grouped(units, epoch)
+            plan = self._grouped(order, epoch)
         else:
-            plan = [units[i:i + B] for i in range(0, len(units), B)]
+            plan = [order[i:i + B] for i in range(0, len(order), B)]
         if plan and self.drop_last and len(plan[-1]) < B:
             plan.pop()
         self._plan_cache = (epoch, plan)
@@ -149,37 +144,24 @@ class Batches:
         perm = np.random.default_rng([self.seed, epoch, 1]).permutation(len(batches))
         return [batches[i] for i in perm] + ([tail] if tail else [])
 
-    def _pack(self, order: list[int]) -> list[list[int]]:
-        rows, row, used = [], [], 0
-        for i in order:
-            n = int(self.lengths[i])
-            if row and (used + n > self.max_length or len(row) == self.max_segments):
-                rows.append(row)
-                row, used = [], 0
-            row.append(i)
-            used += n
-        if row:
-            rows.append(row)
-        return rows
-
     # ------------------------------------------------------------ batches
 
-    def _width(self, units: list) -> int:
-        if self.padding in ("max", "pack"):
+    def _width(self, batch: list[int]) -> int:
+        if self.padding == "max":
             return self.max_length
-        longest = int(max(self.lengths[i] for i in units))
+        longest = int(max(self.lengths[i] for i in batch))
         if self.padding == "longest":
             return max(longest, 1)
         return next(b for b in self.buckets if b >= longest)
 
     def batch(self, epoch: int, step: int) -> dict[str, np.ndarray]:
         """This process's slice of global batch `step` of `epoch` (no change of position)."""
-        units = self._plan(epoch)[step]
-        T = self._width(units)
+        batch = self._plan(epoch)[step]
+        T = self._width(batch)
         lo = self.process_index * self.local_batch
-        mine = units[lo:lo + self.local_batch]
+        mine = batch[lo:lo + self.local_batch]
         mine = mine + [None] * (self.local_batch - len(mine))  # padding rows
-        return self._pack_rows(mine, T) if self.padding == "pack" else self._rows(mine, T)
+        return self._rows(mine, T)
 
     def _rows(self, rows: list, T: int) -> dict[str, np.ndarray]:
         b = len(rows)
@@ -196,30 +178,6 @@ class Batches:
             mask[r, :n] = 1
             labels[r], index[r] = self.labels[i], i
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, "example_mask": index >= 0, "index": index}
-
-    def _pack_rows(self, rows: list, T: int) -> dict[str, np.ndarray]:
-        b, S = len(rows), self.max_segments
-        ids = np.full((b, T), self.pad_id, np.int32)
-        mask = np.zeros((b, T), np.int32)
-        seg = np.zeros((b, T), np.int32)
-        pos = np.zeros((b, T), np.int32)
-        labels = np.zeros((b, S), np.int32)
-        index = np.full((b, S), -1, np.int32)
-        for r, row in enumerate(rows):
-            if row is None:
-                mask[r, 0] = 1
-                continue
-            at = 0
-            for s, i in enumerate(row):
-                n = int(self.lengths[i])
-                ids[r, at:at + n] = self.ids[i]
-                mask[r, at:at + n] = 1
-                seg[r, at:at + n] = s + 1
-                pos[r, at:at + n] = np.arange(n)
-                labels[r, s], index[r, s] = self.labels[i], i
-                at += n
-        return {"input_ids": ids, "attention_mask": mask, "segment_ids": seg, "positions": pos,
-                "labels": labels, "example_mask": index >= 0, "index": index}
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         while True:

@@ -146,3 +146,5 @@ def test_bad_batching_input(rt):
         Batches(train.ids[:3], train.labels[:3], 8)
     with pytest.raises(DataError, match="lacks \\['step'\\]"):
         Batches(train.ids, train.labels, 8).restore({"seed": 0, "epoch": 0})
+    with pytest.raises(DataError, match="seed, epoch and step must be integers"):
+        Batches(train.ids, train.labels, 8).restore({"seed": 0, "epoch": 0, "step": None})

@@ -308,15 +308,22 @@ def test_tokenisation_matches_tokenizer_and_is_cached(real_task, minilm_tokenize
     assert tokenize.cache_dir(task, minilm_tokenizer, 32) != tokenize.cache_dir(task, minilm_tokenizer, 64)
 
 
-def test_data_script_prints_counts_and_lengths(asset_path):
+def test_data_script_prints_counts_and_lengths(asset_path, csv_file):
+    import os
     import subprocess
     import sys
-    from pathlib import Path
 
     asset_path("bbc_news")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "data.py"
+    script = ROOT / "scripts" / "data.py"
     out = subprocess.run([sys.executable, str(script), "bbc_news", "--tokenizer", "none"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert re.search(r"^train\s+1677\s", out.stdout, re.M) and "sports" in out.stdout and "p99" in out.stdout
+    assert "splits: sha1 rule (docs/assets.md)" in out.stdout and "train 1,677 / validation 229 / test 221" in out.stdout
     bad = subprocess.run([sys.executable, str(script), "missing.csv"], capture_output=True, text=True)
     assert bad.returncode == 1 and "missing.csv: no such file" in bad.stderr
+    # A tokenizer that cannot be loaded is one error line, not a traceback.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    bad = subprocess.run([sys.executable, str(script), str(csv_file(_many())), "--tokenizer", "/nonexistent/tok"],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "error: /nonexistent/tok: cannot load a tokenizer" in bad.stderr
+    assert "Traceback" not in bad.stderr

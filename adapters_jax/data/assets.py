@@ -181,7 +181,10 @@ def _publish(asset: Asset, fill) -> Path:
 
 def _discard(path: Path) -> None:
     trash = path.with_name(f".{path.name}.corrupt.{os.getpid()}")
-    os.rename(path, trash)
+    try:
+        os.rename(path, trash)
+    except OSError as e:
+        raise _unwritable(path, e) from None
     shutil.rmtree(trash, ignore_errors=True)
 
 

@@ -94,7 +94,10 @@ class Batches:
         missing = {"seed", "epoch", "step"} - set(state)
         if missing:
             raise DataError(f"data state {state!r} lacks {sorted(missing)}")
-        seed, epoch, step = (int(state[k]) for k in ("seed", "epoch", "step"))
+        try:
+            seed, epoch, step = (int(state[k]) for k in ("seed", "epoch", "step"))
+        except (TypeError, ValueError):
+            raise DataError(f"data state {state!r}: seed, epoch and step must be integers") from None
         self.seed, self._plan_cache = seed, None
         if not 0 <= step <= len(self._plan(epoch)):
             raise DataError(f"data state step={step} outside epoch {epoch}'s {len(self._plan(epoch))} steps")

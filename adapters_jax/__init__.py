@@ -12,6 +12,8 @@ from adapters_jax import xla_flags as _xla_flags  # noqa: E402
 
 _xla_flags.apply()  # XLA:CPU defaults (oneDNN dots; ADAPTERS_JAX_ONEDNN=0 opts out), before JAX reads XLA_FLAGS
 
+from adapters_jax import errors, paths  # noqa: E402,F401
+from adapters_jax.errors import AdaptersJaxError  # noqa: E402,F401
 from adapters_jax.models import Loaded, load  # noqa: E402
 from adapters_jax.models import heads  # noqa: E402
 from adapters_jax.adapters import (  # noqa: E402

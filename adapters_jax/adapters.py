@@ -10,6 +10,7 @@ mutable, so inits that read base weights (prompt_init=vocab) see the real ones.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -17,39 +18,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
 
-from adapters_jax import configs
+from adapters_jax import configs, paths
 from adapters_jax.configs import AdapterConfigError, AdapterSetup, LoRA
 from adapters_jax.models import Loaded, family_of, fingerprint
 from adapters_jax.modules.lora import lora_delta_kernel
 
-METHOD_DIRS = ("adapters", "attention_adapters", "output_adapters", "lora", "ia3", "prefix_tuning", "prompt_tuning")  # path segment before the adapter name
-
-
-def _flat(params) -> dict[str, jax.Array]:
-    return {"/".join(k): v for k, v in flatten_dict(params).items()}
-
-
-def _unflat(flat: dict) -> dict:
-    return unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
-
-
-def adapter_of(path: str) -> str | None:
-    """The adapter name a param path belongs to (None for base and head params)."""
-    parts = path.split("/")
-    for i, p in enumerate(parts):
-        if p in METHOD_DIRS and i + 2 < len(parts):  # <method>/<name>/<leaf...>
-            return parts[i + 1]
-    return None
-
-
-def is_head(path: str) -> bool:
-    return path.startswith("head/")
-
 
 def base_only(params) -> dict:
-    return _unflat({k: v for k, v in _flat(params).items() if adapter_of(k) is None and not is_head(k)})
+    return paths.unflat({k: v for k, v in paths.flat(params).items() if paths.is_base(k)})
 
 
 def add_adapters(base, spec, name: str = "default", head=None, rng=None):
@@ -75,20 +52,20 @@ def add_adapters(base, spec, name: str = "default", head=None, rng=None):
     ids = family_of(cfg.model_type).dummy_inputs(cfg)
     _, state = model.apply({"params": params}, ids, mutable=["params"], rngs={"params": rng})
     new_params = state["params"]
-    old, new = _flat(params), _flat(new_params)
+    old, new = paths.flat(params), paths.flat(new_params)
     added = [k for k in new if k not in old]
     if spec is not None:
         _check_targets(setup, name, added, model)
     merged = dict(old)
     merged.update({k: new[k] for k in added})
-    return model, _unflat(merged)
+    return model, paths.unflat(merged)
 
 
 def _check_targets(setup: AdapterSetup, name: str, added: list[str], model) -> None:
     """Every method of the new adapter created at least one leaf, else its target matched nothing."""
+    created = {(p.method, p.name) for p in map(paths.parse, added)}
     for m in setup.get(name).methods:
-        seg = {"bottleneck": "adapters", "lora": "lora", "ia3": "ia3"}.get(m.method, m.method)
-        if not any(f"{seg}/{name}/" in k for k in added):
+        if (m.method, name) not in created:
             what = f"target={m.target!r}" if getattr(m, "target", None) else "its AdapterHub keys"
             raise AdapterConfigError(
                 f"adapter {name!r}: {m.method} with {what} matches no module of this {model.config.model_type} model; "
@@ -101,7 +78,7 @@ def linear_paths(model) -> list[str]:
     cfg = model.config
     shapes = jax.eval_shape(lambda: model.clone(adapters=None, head=None).init(
         jax.random.PRNGKey(0), family_of(cfg.model_type).dummy_inputs(cfg)))
-    return sorted({k.rsplit("/", 1)[0] for k in _flat(shapes["params"]) if k.endswith("/kernel")})
+    return sorted({k.rsplit("/", 1)[0] for k in paths.flat(shapes["params"]) if k.endswith("/kernel")})
 
 
 def activate(model, *names: str):
@@ -112,30 +89,46 @@ def activate(model, *names: str):
 def merge_lora(model, params, name: str):
     """Fold LoRA adapter `name` into the base kernels; returns (model without it active, params).
 
-    The adapter's leaves stay in params, so `unmerge_lora` can take it out again.
+    The adapter's leaves stay in params and the model's setup records the merge,
+    so `unmerge_lora` can take it out again; merging twice is refused.
     """
-    return _fold(model, params, name, +1.0)
+    setup = model.adapters
+    if setup is None or name in setup.merged:
+        raise AdapterConfigError(f"adapter {name!r} is already merged into the base kernels" if setup else
+                                 "this model has no adapters to merge")
+    model, params = _fold(model, params, name, +1.0)
+    setup = model.adapters
+    return model.clone(adapters=dataclasses.replace(setup, merged=setup.merged + (name,))), params
 
 
 def unmerge_lora(model, params, name: str):
-    """Inverse of merge_lora: subtract the update again and reactivate the adapter."""
+    """Inverse of merge_lora: subtract the update again and reactivate the adapter.
+
+    Refused unless `name` was merged (subtracting an update that is not in the kernels corrupts them).
+    """
+    setup = model.adapters
+    if setup is None or name not in setup.merged:
+        raise AdapterConfigError(f"adapter {name!r} is not merged into the base kernels "
+                                 f"(merged: {list(setup.merged) if setup else []}); nothing to unmerge")
     model, params = _fold(model, params, name, -1.0)
-    return activate(model, *model.adapters.active, name), params
+    setup = dataclasses.replace(model.adapters, merged=tuple(n for n in setup.merged if n != name))
+    return model.clone(adapters=setup.activate(*setup.active, name)), params
 
 
 def _fold(model, params, name, sign):
     cfgs = model.adapters.get(name).of(LoRA)
     if not cfgs or len(model.adapters.get(name).methods) != 1:
         raise AdapterConfigError(f"adapter {name!r} is not a pure LoRA adapter; only LoRA merges into kernels")
-    flat = _flat(params)
+    flat = paths.flat(params)
     out = dict(flat)
     for k in flat:
-        if k.endswith(f"/lora/{name}/lora_A"):
-            module = k[: -len(f"/lora/{name}/lora_A")]
-            lp = {"lora_A": flat[k], "lora_B": flat[k[:-1] + "B"]}
-            out[f"{module}/kernel"] = flat[f"{module}/kernel"] + sign * lora_delta_kernel(lp, cfgs[0])
+        p = paths.parse(k)
+        if p.method == "lora" and p.name == name and p.leaf == "lora_A":
+            group = f"{p.module}/{p.group}/{name}"
+            lp = {"lora_A": flat[f"{group}/lora_A"], "lora_B": flat[f"{group}/lora_B"]}
+            out[f"{p.module}/kernel"] = flat[f"{p.module}/kernel"] + sign * lora_delta_kernel(lp, cfgs[0])
     model = activate(model, *[n for n in model.adapters.active if n != name])
-    return model, _unflat(out)
+    return model, paths.unflat(out)
 
 
 # --- one adapter on disk: weights (safetensors) + config and base fingerprint (JSON) ---
@@ -150,7 +143,7 @@ def save_adapter(path, model, params, name: str, base_fingerprint: dict | None =
     from safetensors.numpy import save_file
 
     named = model.adapters.get(name)
-    leaves = {k: np.asarray(v) for k, v in _flat(params).items() if adapter_of(k) == name}
+    leaves = {k: np.asarray(v) for k, v in paths.flat(params).items() if paths.adapter_of(k) == name}
     if not leaves:
         raise AdapterConfigError(f"params hold no leaves of adapter {name!r}")
     fp = base_fingerprint or fingerprint(model.config, base_only(params))
@@ -190,10 +183,10 @@ def load_adapter(base, path, name: str | None = None):
     saved = meta["name"]
     name = name or saved
     model, params = add_adapters((model, params), meta["canonical"], name=name)
-    flat = _flat(params)
+    flat = paths.flat(params)
     for k, v in load_file(str(w_file)).items():
-        k = k.replace(f"/{saved}/", f"/{name}/")
+        k = paths.rename_adapter(k, saved, name)
         if k not in flat or flat[k].shape != v.shape:
             raise AdapterConfigError(f"{w_file}: tensor {k} does not fit this model")
         flat[k] = jnp.asarray(v)
-    return model, _unflat(flat)
+    return model, paths.unflat(flat)

@@ -349,10 +349,13 @@ class AdapterSetup:
     `model.clone(adapters=setup.activate("a", "b"))`. Several active bottleneck
     adapters at one hook point run as AdapterHub's Stack (in `active` order);
     active LoRA/IA3/prefix/prompt adapters all apply (sum, product, concat).
+    `merged` names the LoRA adapters folded into the base kernels (adapters.merge_lora):
+    they cannot be activated (their update would count twice) or merged again.
     """
 
     adapters: tuple[NamedAdapter, ...] = ()
     active: tuple[str, ...] = ()
+    merged: tuple[str, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -371,11 +374,14 @@ class AdapterSetup:
             raise AdapterConfigError(f"an adapter named {name!r} already exists; choose another name")
         methods = parse(spec)
         text = spec if isinstance(spec, str) else to_string(methods)
-        return AdapterSetup(self.adapters + (NamedAdapter(name, text, methods),), self.active)
+        return dataclasses.replace(self, adapters=self.adapters + (NamedAdapter(name, text, methods),))
 
     def activate(self, *names: str) -> "AdapterSetup":
         for n in names:
             self.get(n)
+            if n in self.merged:
+                raise AdapterConfigError(f"adapter {n!r} is merged into the base kernels; activating it would apply "
+                                         "its update twice (unmerge_lora it first)")
         return dataclasses.replace(self, active=tuple(names))
 
     def active_methods(self, cls) -> list[tuple[str, MethodConfig]]:

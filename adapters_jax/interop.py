@@ -26,32 +26,11 @@ from typing import Mapping
 
 import jax.numpy as jnp
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
 
+from adapters_jax import paths
 from adapters_jax.configs import IA3, Bottleneck
-from adapters_jax.models import family_of
 from adapters_jax.modules import hooks
 from adapters_jax.errors import InteropError  # noqa: F401  (re-exported)
-
-
-def _module_path(dotted: str, model) -> str:
-    """`bert.encoder.layer.0.output` -> `encoder/layer_0/output` (the rule of models/hf.py)."""
-    for prefix in ("base_model.model.",):
-        dotted = dotted[len(prefix):] if dotted.startswith(prefix) else dotted
-    renamed = family_of(model.config.model_type).hf_rename(dotted + ".weight")
-    dotted = renamed[: -len(".weight")] if renamed else dotted
-    parts: list[str] = []
-    for p in dotted.split(".") if dotted else []:
-        if p.isdigit() and parts:
-            parts[-1] = f"{parts[-1]}_{p}"
-        else:
-            parts.append(p)
-    return "/".join(parts)
-
-
-def _to_dotted(path: str) -> str:
-    """Inverse of _module_path: `encoder/layer_0/attention/self/query` -> `encoder.layer.0.attention.self.query`."""
-    return ".".join(re.sub(r"^(\w+?)_(\d+)$", r"\1.\2", p) for p in path.split("/"))
 
 
 def _find_root(flat: dict, marker: str, where: str) -> str:
@@ -74,24 +53,22 @@ def _pick(names: set, given: str | None, what: str) -> str | None:
 
 def _fill(model, params, name: str, targets: dict, strict: bool, where: str):
     """targets: our leaf path -> (source tensor name, value). Checks leaf existence, shapes, duplicates, coverage."""
-    from adapters_jax.adapters import adapter_of
-
-    flat = {"/".join(k): v for k, v in flatten_dict(params).items()}
+    flat = paths.flat(params)
     out = dict(flat)
     for path, (src, value) in targets.items():
         if path not in flat:
             raise InteropError(f"{where}: tensor {src!r} maps to {path}, which this model does not have; "
-                               f"adapter {name!r} leaves: {sorted(k for k in flat if adapter_of(k) == name)[:6]} ...")
+                               f"adapter {name!r} leaves: {sorted(k for k in flat if paths.adapter_of(k) == name)[:6]} ...")
         if tuple(value.shape) != tuple(flat[path].shape):
             raise InteropError(f"{where}: tensor {src!r} gives shape {tuple(value.shape)} but {path} is "
                                f"{tuple(flat[path].shape)}; was the adapter added with the same config?")
         out[path] = jnp.asarray(value, flat[path].dtype)
     if strict:
-        missing = sorted(k for k in flat if adapter_of(k) == name and k not in targets)
+        missing = sorted(k for k in flat if paths.adapter_of(k) == name and k not in targets)
         if missing:
             raise InteropError(f"{where}: no tensor for {len(missing)} leaves of adapter {name!r}: {missing[:6]} "
                                "(pass strict=False to keep their current values)")
-    return unflatten_dict({tuple(k.split("/")): v for k, v in out.items()})
+    return paths.unflat(out)
 
 
 def _put(targets: dict, path: str, src: str, value: np.ndarray, where: str) -> None:
@@ -125,7 +102,7 @@ def from_adapterhub(state_dict: Mapping[str, np.ndarray], model, params, name: s
     adapter = _pick(found, adapter, "AdapterHub")
     bns = model.adapters.get(name).of(Bottleneck)
     lin = 1 if bns and bns[0].ln_before else 0  # ln_before puts a LayerNorm first in the adapter_down Sequential
-    flat = {"/".join(k) for k in flatten_dict(params)}
+    flat = set(paths.flat(params))
     targets: dict = {}
     for key, value in sd.items():
         path = None
@@ -144,9 +121,10 @@ def from_adapterhub(state_dict: Mapping[str, np.ndarray], model, params, name: s
                 path = f"{root}control_trans_{i}/" + ("kernel" if leaf == "weight" else "bias")
                 value = value.T if leaf == "weight" else value
         elif m is not None and m.re is _AH_BN:
-            mod = _module_path(m.group("mod"), model)
+            mod = paths.hf_module_path(m.group("mod"))
             # Llama: AdapterHub's attention_adapters.adapters.X is our attention_adapters/NAME (one group, no nesting)
-            base = f"{mod}/{name}/" if mod.endswith(("attention_adapters", "output_adapters")) else f"{mod}/adapters/{name}/"
+            group = mod.rsplit("/", 1)[-1]
+            base = f"{mod}/{name}/" if group in paths.GROUPS else f"{mod}/{paths.BOTTLENECK_GROUP['bert']['output_adapter']}/{name}/"
             rest = m.group("rest")
             if (d := re.fullmatch(r"adapter_down\.(\d+)\.(weight|bias)", rest)) and int(d.group(1)) == lin:
                 path = base + "adapter_down/" + ("kernel" if d.group(2) == "weight" else "bias")
@@ -161,7 +139,7 @@ def from_adapterhub(state_dict: Mapping[str, np.ndarray], model, params, name: s
             elif rest == "scaling":
                 path = base + "scaling"
         elif m is not None and m.re is _AH_LORA:
-            mod = _module_path(m.group("mod"), model)
+            mod = paths.hf_module_path(m.group("mod"))
             if f"{mod}/lora/{name}/{m.group('rest')}" in flat:
                 path, value = f"{mod}/lora/{name}/{m.group('rest')}", value.T
             elif m.group("rest") == "lora_B" and value.ndim == 2 and value.shape[1] == 1:  # IA3: a [out, 1] scale
@@ -208,7 +186,7 @@ def from_peft(state_dict: Mapping[str, np.ndarray], model, params, name: str, pe
     where = "PEFT state dict"
     sd = {k: np.asarray(v) for k, v in state_dict.items()}
     peft_adapter = _pick({p for k in sd if (p := _peft_adapter_of(k)) is not None}, peft_adapter, "PEFT")
-    flat = {"/".join(k) for k in flatten_dict(params)}
+    flat = set(paths.flat(params))
     targets: dict = {}
     for key, value in sd.items():
         path = None
@@ -219,11 +197,11 @@ def from_peft(state_dict: Mapping[str, np.ndarray], model, params, name: str, pe
         elif (m := _PEFT_LORA.fullmatch(key)):
             if m.group("pn") not in (None, peft_adapter):
                 continue
-            path, value = f"{_module_path(m.group('mod'), model)}/lora/{name}/{m.group('ab')}", value.T
+            path, value = f"{paths.hf_module_path(m.group('mod'))}/lora/{name}/{m.group('ab')}", value.T
         elif (m := _PEFT_IA3.fullmatch(key)):
             if m.group("pn") not in (None, peft_adapter):
                 continue
-            mod = _module_path(m.group("mod"), model)
+            mod = paths.hf_module_path(m.group("mod"))
             path = f"{mod}/ia3/{name}/ia3_l"
             peft_mode = "input" if value.ndim == 2 and value.shape[0] == 1 and value.shape[1] > 1 else "output"
             ours = _ia3_mode(model, name, mod)
@@ -245,19 +223,18 @@ def to_peft(model, params, name: str) -> dict[str, np.ndarray]:
 
     Bottleneck adapters and prefix pools have no PEFT counterpart and raise InteropError.
     """
-    from adapters_jax.adapters import adapter_of
-
     out: dict[str, np.ndarray] = {}
-    for k, v in ((("/".join(k)), v) for k, v in flatten_dict(params).items()):
-        if adapter_of(k) != name:
+    for k, v in paths.flat(params).items():
+        p = paths.parse(k)
+        if p.name != name:
             continue
         v = np.asarray(v)
-        if (m := re.fullmatch(rf"(.+)/lora/{name}/(lora_[AB])", k)):
-            out[f"base_model.model.{_to_dotted(m.group(1))}.{m.group(2)}.weight"] = v.T
-        elif (m := re.fullmatch(rf"(.+)/ia3/{name}/ia3_l", k)):
-            shape = (1, -1) if _ia3_mode(model, name, m.group(1)) == "input" else (-1, 1)
-            out[f"base_model.model.{_to_dotted(m.group(1))}.ia3_l"] = v.reshape(shape)
-        elif k.endswith(f"prompt_tuning/{name}/prompt_embedding"):
+        if p.method == "lora" and p.leaf in ("lora_A", "lora_B"):
+            out[f"base_model.model.{paths.hf_dotted(p.module)}.{p.leaf}.weight"] = v.T
+        elif p.method == "ia3" and p.leaf == "ia3_l":
+            shape = (1, -1) if _ia3_mode(model, name, p.module) == "input" else (-1, 1)
+            out[f"base_model.model.{paths.hf_dotted(p.module)}.ia3_l"] = v.reshape(shape)
+        elif p.method == "prompt_tuning" and p.leaf == "prompt_embedding":
             out["prompt_embeddings"] = v
         else:
             raise InteropError(f"{k}: PEFT has no counterpart of this leaf (bottleneck and prefix adapters are "

@@ -17,9 +17,8 @@ import re
 
 import jax
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
 
-from adapters_jax.adapters import adapter_of, is_head
+from adapters_jax import paths
 
 FROZEN = "frozen"
 
@@ -38,12 +37,7 @@ class rules:  # noqa: N801 (a namespace of rule builders)
     @staticmethod
     def top_layers(num_layers: int, k: int, label: str = "top"):
         """Every base param of the last k transformer layers."""
-        idx = "|".join(str(i) for i in range(num_layers - k, num_layers))
-        return (rf"layers?_({idx})/", label)
-
-
-def _paths(params):
-    return {"/".join(k): v for k, v in flatten_dict(params).items()}
+        return (paths.layers_regex(range(num_layers - k, num_layers)), label)
 
 
 def labels(model, params, train: tuple[str, ...] | None = None, extra=()) -> dict:
@@ -55,16 +49,16 @@ def labels(model, params, train: tuple[str, ...] | None = None, extra=()) -> dic
             setup.get(n)  # raises naming the adapters that exist
     compiled = [(re.compile(rx), lab) for rx, lab in extra]
     out = {}
-    for path in _paths(params):
-        name = adapter_of(path)
-        if name is not None:
-            lab = "adapter" if name in train else FROZEN
-        elif is_head(path):
+    for path in paths.flat(params):
+        p = paths.parse(path)
+        if p.kind == "adapter":
+            lab = "adapter" if p.name in train else FROZEN
+        elif p.kind == "head":
             lab = "head"
         else:
             lab = next((lab for rx, lab in compiled if rx.search(path)), FROZEN)
-        out[tuple(path.split("/"))] = lab
-    return unflatten_dict(out)
+        out[path] = lab
+    return paths.unflat(out)
 
 
 def trainable_mask(model, params, train=None, extra=()) -> dict:
@@ -78,23 +72,23 @@ def _as_mask(labels_or_mask):
 
 def split(params, labels_or_mask) -> tuple[dict, dict]:
     """(trainable, frozen): two nested dicts holding only their own leaves."""
-    mask = _paths(_as_mask(labels_or_mask))
-    flat = _paths(params)
+    mask = paths.flat(_as_mask(labels_or_mask))
+    flat = paths.flat(params)
     missing = set(flat) ^ set(mask)
     if missing:
         raise ValueError(f"mask and params differ at {sorted(missing)[:5]}")
-    train = {tuple(k.split("/")): v for k, v in flat.items() if mask[k]}
-    frozen = {tuple(k.split("/")): v for k, v in flat.items() if not mask[k]}
-    return unflatten_dict(train), unflatten_dict(frozen)
+    train = {k: v for k, v in flat.items() if mask[k]}
+    frozen = {k: v for k, v in flat.items() if not mask[k]}
+    return paths.unflat(train), paths.unflat(frozen)
 
 
 def merge(trainable: dict, frozen: dict) -> dict:
     """Inverse of split."""
-    a, b = flatten_dict(trainable), flatten_dict(frozen)
+    a, b = paths.flat(trainable), paths.flat(frozen)
     both = set(a) & set(b)
     if both:
-        raise ValueError(f"a leaf is both trainable and frozen: {['/'.join(k) for k in sorted(both)[:5]]}")
-    return unflatten_dict({**b, **a})
+        raise ValueError(f"a leaf is both trainable and frozen: {sorted(both)[:5]}")
+    return paths.unflat({**b, **a})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +111,8 @@ class ParamReport:
 
 
 def param_report(params, labels_or_mask) -> ParamReport:
-    flat = _paths(params)
-    labs = _paths(labels_or_mask)
+    flat = paths.flat(params)
+    labs = paths.flat(labels_or_mask)
     by_label: dict[str, int] = {}
     total = trainable = total_b = train_b = 0
     for k, v in flat.items():

@@ -3,7 +3,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax.traverse_util import flatten_dict, unflatten_dict
 
 import adapters_jax as aj
 from adapters_jax.configs import AdapterConfigError
@@ -25,7 +24,7 @@ def batch():
 
 
 def paths(params):
-    return {"/".join(k): v for k, v in flatten_dict(params).items()}
+    return aj.paths.flat(params)
 
 
 def randomize(params, name, seed=0):
@@ -35,7 +34,7 @@ def randomize(params, name, seed=0):
     for i, k in enumerate(sorted(flat)):
         if f"/{name}/" in f"/{k}":
             flat[k] = flat[k] + 0.05 * jax.random.normal(jax.random.fold_in(key, i), flat[k].shape)
-    return unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+    return aj.paths.unflat(flat)
 
 
 @pytest.mark.parametrize("spec", ["houlsby", "pfeiffer", "par_bn", "scaled_par_bn", "lora", "lora[use_rslora=true]",
@@ -102,7 +101,7 @@ def test_two_named_adapters_coexist(base, batch):
     # b alone equals b added directly to the base with the same leaves
     mb, pb = aj.add_adapters(base, "lora", name="b")
     flat_b = {k: v for k, v in paths(p2).items() if "/b/" in k}
-    pb = unflatten_dict({tuple(k.split("/")): v for k, v in {**paths(pb), **flat_b}.items()})
+    pb = aj.paths.unflat({**paths(pb), **flat_b})
     np.testing.assert_array_equal(mb.apply({"params": pb}, *batch), only_b)
     # labels: only the adapter being trained is trainable
     labs = paths(aj.labels(m2, p2))
@@ -124,6 +123,25 @@ def test_lora_merge_unmerge(base, batch):
     np.testing.assert_allclose(paths(pu)[k], paths(params)[k], atol=1e-6)
     # the kernel comes back to float rounding (1e-6); outputs of norm ~1 to 1e-4
     assert float(jnp.abs(mu.apply({"params": pu}, *batch) - h).max()) < 1e-4
+
+
+def test_unmerge_without_merge_and_double_merge_are_refused(base, batch):
+    """Merge state is tracked: unmerging an unmerged adapter (or twice), merging twice, or activating a
+    merged adapter would corrupt the kernels or count the update twice, so each is refused, params untouched."""
+    model, params = aj.add_adapters(base, "lora[r=4,alpha=8]", name="t")
+    params = randomize(params, "t")
+    with pytest.raises(AdapterConfigError, match="'t' is not merged"):
+        aj.unmerge_lora(model, params, "t")
+    mm, pm = aj.merge_lora(model, params, "t")
+    assert mm.adapters.merged == ("t",)
+    with pytest.raises(AdapterConfigError, match="already merged"):
+        aj.merge_lora(mm, pm, "t")
+    with pytest.raises(AdapterConfigError, match="merged into the base kernels; activating"):
+        aj.activate(mm, "t")
+    mu, pu = aj.unmerge_lora(mm, pm, "t")
+    assert mu.adapters.merged == () and mu.adapters.active == ("t",)
+    with pytest.raises(AdapterConfigError, match="'t' is not merged"):
+        aj.unmerge_lora(mu, pu, "t")
 
 
 def test_split_merge_roundtrip(base):

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adapters_jax.models import layers
+from adapters_jax import primitives as layers
 
 N = 1 << 20
 

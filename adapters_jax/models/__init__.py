@@ -9,88 +9,19 @@ A family module (`bert`, `llama`) provides:
     Config                      frozen dataclass of hyperparameters
     config_from_hf(dict, **kw)  HF config.json -> Config
     Model                       linen module: Model(config, adapters=...)
-    hf_rename(name) -> str|None HF tensor name -> our dotted name (None: drop)
+    FAMILY                      "bert" | "llama": which HF tensors it drops (paths.HF_DROP)
     dummy_inputs(config)        small input_ids for init / eval_shape
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import importlib
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapters_jax.models.hf import CheckpointError  # noqa: F401  (re-exported)
-
-# model_type in config.json -> family module
-FAMILIES = {
-    "bert": "adapters_jax.models.bert",
-    "roberta": "adapters_jax.models.bert",
-    "llama": "adapters_jax.models.llama",
-    "mistral": "adapters_jax.models.llama",
-    "qwen2": "adapters_jax.models.llama",
-}
-
-
-@dataclasses.dataclass
-class Loaded:
-    """A loaded base model: what `aj.load` returns."""
-
-    model: Any  # linen Module
-    params: dict
-    tokenizer: Any
-    config: Any
-    fingerprint: dict
-    source: str
-
-    @property
-    def family(self):
-        return family_of(self.config.model_type)
-
-
-def family_of(model_type: str):
-    if model_type not in FAMILIES:
-        raise CheckpointError(
-            f"unsupported architecture model_type={model_type!r}; supported: {sorted(FAMILIES)}"
-        )
-    return importlib.import_module(FAMILIES[model_type])
-
-
-def fingerprint(config, params: dict) -> dict:
-    """Architecture, shapes, dtypes and a content hash of the base params.
-
-    Computed once at load and stored with every adapter and checkpoint; restoring
-    onto a base with another fingerprint is refused. Pass base params only (no
-    adapter or head leaves: `adapters.base_only`).
-    """
-    from flax.traverse_util import flatten_dict
-
-    flat = {"/".join(k): v for k, v in flatten_dict(params).items()}
-    h = hashlib.sha256()
-    for name in sorted(flat):
-        arr = np.ascontiguousarray(np.asarray(flat[name]))
-        h.update(name.encode())
-        h.update(str(arr.dtype).encode())
-        h.update(arr.tobytes())
-    return {
-        "architecture": config.model_type,
-        "num_params": int(sum(int(np.prod(v.shape)) for v in flat.values())),
-        "shapes_sha256": hashlib.sha256(
-            repr(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in flat.items())).encode()
-        ).hexdigest()[:16],
-        "content_sha256": h.hexdigest()[:16],
-    }
-
-
-def abstract_params(model, config) -> dict:
-    family = family_of(config.model_type)
-    ids = family.dummy_inputs(config)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids))
-    return shapes["params"]
+from adapters_jax.errors import CheckpointError  # noqa: F401  (re-exported)
+from adapters_jax.models.registry import FAMILIES, Loaded, abstract_params, family_of, fingerprint  # noqa: F401
 
 
 def load_hf_dir(model_dir: str | Path, dtype=jnp.float32, param_dtype=jnp.float32, **config_overrides) -> Loaded:
@@ -107,7 +38,7 @@ def load_hf_dir(model_dir: str | Path, dtype=jnp.float32, param_dtype=jnp.float3
     tensors = hf.read_safetensors(hf.safetensors_files(model_dir))
     model = family.Model(config, dtype=dtype, param_dtype=param_dtype)
     params = hf.to_params(
-        tensors, abstract_params(model, config), family.hf_rename, dtype=np.dtype(param_dtype), where=str(model_dir)
+        tensors, abstract_params(model, config), family.FAMILY, dtype=np.dtype(param_dtype), where=str(model_dir)
     )
     params = jax.tree.map(jnp.asarray, params)
     return Loaded(model, params, load_tokenizer(model_dir), config, fingerprint(config, params), str(model_dir))

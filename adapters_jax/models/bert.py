@@ -15,22 +15,15 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from adapters_jax.models.layers import Dropout, Embed, LayerNorm, Linear, attention, mask_to_bias
+from adapters_jax.errors import CheckpointError
 from adapters_jax.modules import hooks
+from adapters_jax.modules.hooks import AdaptedLinear
 from adapters_jax.modules.prefix import prepend
+from adapters_jax.primitives import ACTIVATIONS, Dropout, Embed, LayerNorm, Linear, activation, attention, mask_to_bias
 
-ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "tanh": jnp.tanh,
-}
+FAMILY = "bert"  # paths.HF_DROP: which HF tensors have no param here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,21 +58,11 @@ def config_from_hf(d: dict, **overrides) -> Config:
     fields = {f.name for f in dataclasses.fields(Config)}
     kw = {k: v for k, v in d.items() if k in fields}
     if kw.get("hidden_act") not in ACTIVATIONS:
-        raise ValueError(f"hidden_act={kw.get('hidden_act')!r} is not supported; supported: {sorted(ACTIVATIONS)}")
+        raise CheckpointError(f"hidden_act={kw.get('hidden_act')!r} is not supported; supported: {sorted(ACTIVATIONS)}")
     if d.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(f"position_embedding_type={d['position_embedding_type']!r}: only 'absolute' is supported")
+        raise CheckpointError(f"position_embedding_type={d['position_embedding_type']!r}: only 'absolute' is supported")
     kw.update(overrides)
     return Config(**kw)
-
-
-def hf_rename(name: str) -> str | None:
-    """HF tensor name -> our dotted name; None drops it (buffers, task heads of other libraries)."""
-    for prefix in ("bert.", "roberta."):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-    if name.endswith("position_ids") or name.split(".")[0] in ("cls", "lm_head", "qa_outputs"):
-        return None
-    return name
 
 
 def dummy_inputs(config: Config):
@@ -105,7 +88,7 @@ class Embeddings(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         word_embeddings = Embed(c.vocab_size, c.hidden_size, name="word_embeddings", **kw)
         w_BxSxD = word_embeddings(ids_BxT)
-        w_BxSxD, mask_BxS, n_prompt = hooks.prompt(self, w_BxSxD, mask_BxT, word_embeddings, deterministic)
+        w_BxSxD, mask_BxS, n_prompt = hooks.prompt(self, w_BxSxD, mask_BxT, word_embeddings.embedding)
         b, s = mask_BxS.shape
         token_types_BxS = jnp.pad(token_types_BxT, ((0, 0), (n_prompt, 0)))
         if c.model_type == "roberta":  # HF create_position_ids_from_input_ids; prompts count as tokens
@@ -132,9 +115,9 @@ class SelfAttention(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, adapters=self.adapters)
         b, t, _ = h_BxTxD.shape
         split = lambda x: x.reshape(b, x.shape[1], c.num_attention_heads, c.head_dim)
-        q_BxTxHxK = split(Linear(c.hidden_size, name="query", **kw)(h_BxTxD, deterministic))
-        k_BxSxHxK = split(Linear(c.hidden_size, name="key", **kw)(h_BxTxD, deterministic))
-        v_BxSxHxK = split(Linear(c.hidden_size, name="value", **kw)(h_BxTxD, deterministic))
+        q_BxTxHxK = split(AdaptedLinear(c.hidden_size, name="query", **kw)(h_BxTxD, deterministic))
+        k_BxSxHxK = split(AdaptedLinear(c.hidden_size, name="key", **kw)(h_BxTxD, deterministic))
+        v_BxSxHxK = split(AdaptedLinear(c.hidden_size, name="value", **kw)(h_BxTxD, deterministic))
         if prefix is not None:  # prefix tuning: extra key/value positions in front
             k_BxSxHxK, v_BxSxHxK, bias_Bx1xTxS = prepend(prefix, k_BxSxHxK, v_BxSxHxK, bias_Bx1xTxS)
         rng = None if deterministic or c.attention_probs_dropout_prob == 0 else self.make_rng("dropout")
@@ -157,10 +140,10 @@ class SublayerOutput(nn.Module):
     def __call__(self, h_BxTxF, input_BxTxD, deterministic):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h_BxTxD = Linear(c.hidden_size, name="dense", adapters=self.adapters, **kw)(h_BxTxF, deterministic)
+        h_BxTxD = AdaptedLinear(c.hidden_size, name="dense", adapters=self.adapters, **kw)(h_BxTxF, deterministic)
         h_BxTxD = Dropout(c.hidden_dropout_prob)(h_BxTxD, deterministic=deterministic)
         layer_norm = LayerNorm(c.layer_norm_eps, name="LayerNorm", **kw)
-        return hooks.bottleneck(self, self.location, h_BxTxD, input_BxTxD, layer_norm, deterministic)
+        return hooks.bottleneck(self, self.location, h_BxTxD, input_BxTxD, layer_norm, deterministic, FAMILY)
 
 
 class AttentionBlock(nn.Module):
@@ -187,9 +170,9 @@ class Intermediate(nn.Module):
     @nn.compact
     def __call__(self, h_BxTxD, deterministic):
         c = self.config
-        dense = Linear(c.intermediate_size, name="dense", adapters=self.adapters, dtype=self.dtype,
-                       param_dtype=self.param_dtype)
-        f_BxTxF = ACTIVATIONS[c.hidden_act](dense(h_BxTxD, deterministic))
+        dense = AdaptedLinear(c.intermediate_size, name="dense", adapters=self.adapters, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
+        f_BxTxF = activation(c.hidden_act)(dense(h_BxTxD, deterministic))
         # IA3 scales the FFN activation here (PEFT and the paper: the input of output.dense)
         return f_BxTxF
 
@@ -253,7 +236,8 @@ class Model(nn.Module):
             token_type_ids_BxT = jnp.zeros((b, t), jnp.int32)
         h_BxSxD, mask_BxS, n_prompt = Embeddings(name="embeddings", **kw)(
             input_ids_BxT, attention_mask_BxT, token_type_ids_BxT, deterministic)
-        prefixes = hooks.prefixes(self, c.num_hidden_layers, c.num_attention_heads, c.head_dim, b, deterministic)
+        prefixes = hooks.prefixes(self, c.num_hidden_layers, c.num_attention_heads, c.head_dim, c.hidden_size, b,
+                                  deterministic)
         h_BxSxD = Encoder(name="encoder", **kw)(h_BxSxD, mask_BxS, deterministic, prefixes)
         h_BxTxD = h_BxSxD[:, n_prompt:]
         pooled_BxD = Pooler(name="pooler", **kw)(h_BxTxD) if c.add_pooling_layer else None

@@ -1,9 +1,9 @@
 """GGUF files (llama.cpp's format): dequantized weights, config and tokenizer from one file.
 
 The `gguf` package reads the file; every tensor (Q4_1, Q8_0, F16, F32, ...) is
-dequantized to float32 numpy, renamed to its Hugging Face name and then goes
-through the same `hf.to_params` as a safetensors checkpoint, so missing or
-mis-shaped tensors get the same errors (naming the GGUF tensor).
+dequantized to float32 numpy, renamed to its Hugging Face name (`hf_name`;
+unknown names stay as they are) and then goes through the same `hf.to_params`
+as a safetensors checkpoint, so missing or mis-shaped tensors get the same errors.
 
 llama.cpp's converter permutes the rows of q_proj and k_proj (within each
 head, from HF's "halves" RoPE layout to interleaved pairs); we undo it, as
@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapters_jax.models import Loaded, abstract_params, fingerprint, hf, llama
-from adapters_jax.models.hf import CheckpointError
+from adapters_jax.errors import CheckpointError
+from adapters_jax.models import hf, llama
+from adapters_jax.models.registry import Loaded, abstract_params, fingerprint
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 
@@ -139,13 +140,13 @@ def load_gguf(path: str | Path, dtype=jnp.float32, param_dtype=jnp.float32, **ov
         heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}.get(kind)
         if heads is not None and w.shape[0] == heads * config.head_dim:  # else to_params reports the shape
             w = unpermute_rows(w, heads)
-        tensors[name] = w
+        tensors[hf_name(name)] = w
 
     model = llama.Model(config, dtype=dtype, param_dtype=param_dtype)
     params = hf.to_params(
         tensors,
         abstract_params(model, config),
-        lambda n: llama.hf_rename(hf_name(n)),
+        llama.FAMILY,
         dtype=np.dtype(param_dtype),
         where=str(path),
     )

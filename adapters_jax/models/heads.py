@@ -10,7 +10,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from adapters_jax.models.layers import Dropout, Linear
+from adapters_jax.primitives import Dropout, Linear
 
 POOLINGS = ("mean", "cls", "pooler", "last")
 

@@ -1,24 +1,25 @@
 """Hugging Face-format checkpoints: safetensors in, our param pytree out.
 
 Base param paths mirror the HF module names, so loading is a rename plus a
-transpose, written once here for every family:
+transpose (the rename is adapters_jax/paths.py's, for every family):
 
     encoder.layer.0.attention.self.query.weight -> encoder/layer_0/attention/self/query/kernel (transposed)
     model.embed_tokens.weight                   -> model/embed_tokens/embedding
     model.norm.weight                           -> model/norm/scale
 
 A `weight` becomes `kernel`, `embedding` or `scale`, whichever the model's own
-(abstract) param tree holds at that path. A family module may drop or alias
-prefixes (`bert.`, `roberta.`) through `hf_rename`.
+(abstract) param tree holds at that path; `bert.`/`roberta.` prefixes and
+buffers are dropped (paths.HF_PREFIXES, paths.HF_DROP).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
+
+from adapters_jax import paths
 from adapters_jax.errors import CheckpointError  # noqa: F401  (re-exported)
 
 
@@ -73,34 +74,24 @@ def read_safetensors(files: list[Path]) -> dict[str, np.ndarray]:
 def to_params(
     tensors: Mapping[str, np.ndarray],
     abstract_params: Mapping,
-    rename: Callable[[str], str | None] = lambda n: n,
+    family: str,
     dtype=np.float32,
     where: str = "checkpoint",
 ) -> dict:
     """Map HF-named tensors onto the model's param tree, checking every name and shape.
 
     `abstract_params` is the model's param tree (arrays or ShapeDtypeStructs, from
-    `jax.eval_shape(model.init, ...)`). `rename` maps an HF name to our dotted
-    name, or None to drop it (buffers such as position_ids). Raises CheckpointError
-    naming every missing, unexpected or mis-shaped tensor.
+    `jax.eval_shape(model.init, ...)`); `family` ("bert", "llama") says which
+    HF tensors are dropped. Raises CheckpointError naming every missing,
+    unexpected or mis-shaped tensor.
     """
-    expected = {"/".join(k): v for k, v in flatten_dict(abstract_params).items()}
+    expected = paths.flat(abstract_params)
     out: dict[str, np.ndarray] = {}
     unexpected = []
     for hf_name, value in tensors.items():
-        name = rename(hf_name)
-        if name is None:
+        if paths.is_dropped(hf_name, family):
             continue
-        parts = name.split(".")
-        path_parts: list[str] = []
-        for p in parts[:-1]:
-            if p.isdigit() and path_parts:
-                path_parts[-1] = f"{path_parts[-1]}_{p}"
-            else:
-                path_parts.append(p)
-        prefix, leaf = "/".join(path_parts), parts[-1]
-        candidates = {"weight": ["kernel", "embedding", "scale"], "bias": ["bias"]}.get(leaf, [leaf])
-        target = next((f"{prefix}/{c}" for c in candidates if f"{prefix}/{c}" in expected), None)
+        target = paths.hf_to_path(hf_name, family, expected)
         if target is None:
             unexpected.append(hf_name)
             continue
@@ -122,4 +113,4 @@ def to_params(
         if unexpected:
             msg.append(f"unexpected tensors: {sorted(unexpected)[:8]}{' ...' if len(unexpected) > 8 else ''}")
         raise CheckpointError(" ".join(msg))
-    return unflatten_dict({tuple(k.split("/")): v for k, v in out.items()})
+    return paths.unflat(out)

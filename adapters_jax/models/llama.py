@@ -14,11 +14,8 @@ Layers are unrolled, not under `nn.scan`. Scanning would stack the layers'
 params under one `model/layers/...` path with a leading layer axis, which
 breaks the HF-mirroring paths (`model/layers_0/self_attn/q_proj/kernel`) that
 checkpoint loading and PEFT interop rely on, and per-layer adapter choices
-(top-k layers, a LoRA on layer 3 only) are simpler on per-layer trees. The
-price is compile time, measured once on the 2-core CPU for SmolLM2-135M's
-shape (30 layers, batch 1 x 16 tokens, float32, jit lower+compile): forward
-4.3 s unrolled vs 2.0 s scanned; forward+grad of all params 6.5 s vs 4.9 s.
-Paid once per input shape, small next to a fine-tuning run.
+(top-k layers, a LoRA on layer 3 only) are simpler on per-layer trees; the
+price is a longer compile, once per input shape (docs/models.md).
 `remat=True` wraps each layer in `nn.remat` (activations recomputed in the
 backward pass).
 
@@ -28,9 +25,10 @@ vocabulary projection; with a `head` (as `bert.Model`) the head's output.
 `init` always creates `lm_head`, so the param tree is the same whichever
 output a caller asks for.
 
-Adapters: every projection is a `layers.Linear` carrying `adapters` (LoRA,
-IA3), and `attn_out_BxTxD` / `mlp_out_BxTxD` are the block outputs right
-before their residual adds, where bottleneck adapters go.
+Adapters: every projection is a `hooks.AdaptedLinear` (LoRA, IA3);
+`attn_out_BxTxD` / `mlp_out_BxTxD` are the block outputs right before their
+residual adds, where bottleneck adapters go; soft prompts and prefixes enter
+through `hooks.prompt` and `hooks.prefixes`, as in the BERT family.
 """
 from __future__ import annotations
 
@@ -41,11 +39,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adapters_jax.configs import PrefixTuning, PromptTuning
-from adapters_jax.models import layers
-from adapters_jax.models.hf import CheckpointError
+from adapters_jax import primitives as layers
+from adapters_jax.errors import CheckpointError
 from adapters_jax.modules import hooks
+from adapters_jax.modules.hooks import AdaptedLinear
 from adapters_jax.modules.prefix import prepend
+
+FAMILY = "llama"  # paths.HF_DROP: which HF tensors have no param here
 
 Dtype = Any
 
@@ -126,15 +126,8 @@ def config_from_hf(d: dict, **overrides) -> Config:
 def replace(config: Config, **overrides) -> Config:
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Config)})
     if unknown:
-        raise ValueError(f"unknown llama Config fields {unknown}; fields: {[f.name for f in dataclasses.fields(Config)]}")
+        raise CheckpointError(f"unknown llama Config fields {unknown}; fields: {[f.name for f in dataclasses.fields(Config)]}")
     return dataclasses.replace(config, **overrides)
-
-
-def hf_rename(name: str) -> str | None:
-    """HF tensor names are already ours (dots for slashes); rotary buffers are dropped."""
-    if name.endswith("rotary_emb.inv_freq"):
-        return None
-    return name
 
 
 def dummy_inputs(config: Config) -> jax.Array:
@@ -184,7 +177,7 @@ class Attention(nn.Module):
         c = self.config
         b, t, _ = h_BxTxD.shape
         kw = dict(adapters=self.adapters, dtype=self.dtype, param_dtype=self.param_dtype)
-        proj = lambda heads, bias, name: layers.Linear(heads * c.head_dim, use_bias=bias, name=name, **kw)
+        proj = lambda heads, bias, name: AdaptedLinear(heads * c.head_dim, use_bias=bias, name=name, **kw)
         q_BxTxHxK = proj(c.num_attention_heads, c.attention_bias, "q_proj")(h_BxTxD, deterministic)
         k_BxTxNxK = proj(c.num_key_value_heads, c.attention_bias, "k_proj")(h_BxTxD, deterministic)
         v_BxTxNxK = proj(c.num_key_value_heads, c.attention_bias, "v_proj")(h_BxTxD, deterministic)
@@ -199,7 +192,7 @@ class Attention(nn.Module):
         ctx_BxTxHxK = layers.attention(
             q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, bias_Bx1xTxT, c.attention_dropout, dropout_rng, deterministic
         )
-        o_proj = layers.Linear(c.hidden_size, use_bias=c.o_bias, name="o_proj", **kw)
+        o_proj = AdaptedLinear(c.hidden_size, use_bias=c.o_bias, name="o_proj", **kw)
         return o_proj(ctx_BxTxHxK.reshape(b, t, -1), deterministic)
 
 
@@ -215,9 +208,9 @@ class MLP(nn.Module):
     def __call__(self, h_BxTxD, deterministic: bool = True):
         c = self.config
         kw = dict(use_bias=c.mlp_bias, adapters=self.adapters, dtype=self.dtype, param_dtype=self.param_dtype)
-        gate_BxTxF = layers.Linear(c.intermediate_size, name="gate_proj", **kw)(h_BxTxD, deterministic)
-        up_BxTxF = layers.Linear(c.intermediate_size, name="up_proj", **kw)(h_BxTxD, deterministic)
-        return layers.Linear(c.hidden_size, name="down_proj", **kw)(nn.silu(gate_BxTxF) * up_BxTxF, deterministic)
+        gate_BxTxF = AdaptedLinear(c.intermediate_size, name="gate_proj", **kw)(h_BxTxD, deterministic)
+        up_BxTxF = AdaptedLinear(c.intermediate_size, name="up_proj", **kw)(h_BxTxD, deterministic)
+        return AdaptedLinear(c.hidden_size, name="down_proj", **kw)(nn.silu(gate_BxTxF) * up_BxTxF, deterministic)
 
 
 class DecoderLayer(nn.Module):
@@ -235,13 +228,11 @@ class DecoderLayer(nn.Module):
         attn_out_BxTxD = attn(x_BxTxD, cos_BxTxK, sin_BxTxK, bias_Bx1xTxT, deterministic, prefix)
         attn_out_BxTxD = layers.Dropout(c.dropout)(attn_out_BxTxD, deterministic=deterministic)
         # residual add, with bottleneck adapters inside (pre-LN: no LayerNorm at this point)
-        h_BxTxD = hooks.bottleneck(self, "mh_adapter", attn_out_BxTxD, h_BxTxD, None, deterministic,
-                                   group="attention_adapters")
+        h_BxTxD = hooks.bottleneck(self, "mh_adapter", attn_out_BxTxD, h_BxTxD, None, deterministic, FAMILY)
         x_BxTxD = layers.RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(h_BxTxD)
         mlp_out_BxTxD = MLP(c, adapters=self.adapters, name="mlp", **kw)(x_BxTxD, deterministic)
         mlp_out_BxTxD = layers.Dropout(c.dropout)(mlp_out_BxTxD, deterministic=deterministic)
-        return hooks.bottleneck(self, "output_adapter", mlp_out_BxTxD, h_BxTxD, None, deterministic,
-                                group="output_adapters")
+        return hooks.bottleneck(self, "output_adapter", mlp_out_BxTxD, h_BxTxD, None, deterministic, FAMILY)
 
 
 class LlamaModel(nn.Module):
@@ -260,29 +251,26 @@ class LlamaModel(nn.Module):
         layer_cls = nn.remat(DecoderLayer, static_argnums=(5,)) if c.remat else DecoderLayer
         self.layers = [layer_cls(c, adapters=self.adapters, **kw) for _ in range(c.num_hidden_layers)]
         self.norm = layers.RMSNorm(c.rms_norm_eps, **kw)
-        # prompt and prefix pools exist only when such an adapter is active (params under model/...)
-        self.prompt_tuning = hooks.PromptPool(self.adapters) if hooks.has_active(self, PromptTuning) else None
-        self.prefix_tuning = hooks.PrefixPool(
-            self.adapters, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, c.hidden_size, self.dtype,
-        ) if hooks.has_active(self, PrefixTuning) else None
 
+    @nn.compact  # soft prompt and prefix pools are created by the hooks (params under model/...)
     def __call__(self, input_ids_BxT, attention_mask_BxT=None, deterministic=True, positions_BxT=None):
         c = self.config
         b, t = input_ids_BxT.shape
-        h_BxSxD = self.embed_tokens(input_ids_BxT)
-        n_prompt = 0
-        if self.prompt_tuning is not None:  # soft prompt in front, positions counted over it (PEFT)
-            mask_BxT = jnp.ones((b, t), jnp.int32) if attention_mask_BxT is None else attention_mask_BxT
-            h_BxSxD, attention_mask_BxT, n_prompt = self.prompt_tuning(h_BxSxD, mask_BxT, self.embed_tokens.embedding)
-            if positions_BxT is not None:
-                positions_BxT = jnp.concatenate([jnp.broadcast_to(jnp.arange(n_prompt), (b, n_prompt)),
-                                                 positions_BxT + n_prompt], axis=1)
+        mask_BxT = jnp.ones((b, t), jnp.int32) if attention_mask_BxT is None else attention_mask_BxT
+        h_BxSxD, mask_BxS, n_prompt = hooks.prompt(self, self.embed_tokens(input_ids_BxT), mask_BxT,
+                                                   self.embed_tokens.embedding)
+        if attention_mask_BxT is None and n_prompt == 0:
+            mask_BxS = None  # no padding: the causal mask alone
         s = t + n_prompt
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(s), (b, s))
+        elif n_prompt:  # positions are counted over the soft prompt in front (PEFT)
+            positions_BxT = jnp.concatenate([jnp.broadcast_to(jnp.arange(n_prompt), (b, n_prompt)),
+                                             positions_BxT + n_prompt], axis=1)
         cos_BxSxK, sin_BxSxK = rope_cos_sin(positions_BxT, c.head_dim, c.rope_theta)
-        bias_Bx1xSxS = attention_bias(attention_mask_BxT, s, c.sliding_window)
-        prefixes = self.prefix_tuning(b, deterministic) if self.prefix_tuning is not None else None
+        bias_Bx1xSxS = attention_bias(mask_BxS, s, c.sliding_window)
+        prefixes = hooks.prefixes(self, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, c.hidden_size, b,
+                                  deterministic)
         for i, layer in enumerate(self.layers):
             prefix = prefixes[i] if prefixes is not None else None
             h_BxSxD = layer(h_BxSxD, cos_BxSxK, sin_BxSxK, bias_Bx1xSxS, deterministic, prefix)
@@ -308,7 +296,7 @@ class Model(nn.Module):
         c = self.config
         self.model = LlamaModel(c, adapters=self.adapters, dtype=self.dtype, param_dtype=self.param_dtype)
         if not c.tie_word_embeddings:
-            self.lm_head = layers.Linear(
+            self.lm_head = AdaptedLinear(
                 c.vocab_size, use_bias=False, adapters=self.adapters, dtype=jnp.float32, param_dtype=self.param_dtype
             )
 

@@ -18,20 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from adapters_jax.configs import Bottleneck
-from adapters_jax.models.layers import Dropout, LayerNorm, Linear
-
-ACT = {
-    "relu": jax.nn.relu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "swish": jax.nn.silu,
-    "silu": jax.nn.silu,
-    "tanh": jnp.tanh,
-    "leakyrelu": lambda x: jax.nn.leaky_relu(x, 0.01),
-    "sigmoid": jax.nn.sigmoid,
-    "identity": lambda x: x,
-}
-
+from adapters_jax.primitives import Dropout, LayerNorm, Linear, activation
 
 def kaiming_uniform_sqrt5(key, shape, dtype=jnp.float32):
     """torch's default Linear init, kaiming_uniform_(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
@@ -69,7 +56,7 @@ class BottleneckAdapter(nn.Module):
         down_init, up_init = _inits(c.init_weights)
         h = LayerNorm(1e-5, self.dtype, name="adapter_norm_before")(x_BxTxD) if c.ln_before else x_BxTxD
         down_BxTxM = Linear(c.size(d), kernel_init=down_init, dtype=self.dtype, name="adapter_down")(h)
-        up_BxTxD = Linear(d, kernel_init=up_init, dtype=self.dtype, name="adapter_up")(ACT[c.non_linearity.lower()](down_BxTxM))
+        up_BxTxD = Linear(d, kernel_init=up_init, dtype=self.dtype, name="adapter_up")(activation(c.non_linearity)(down_BxTxM))
         if c.scaling == "learned":
             up_BxTxD = up_BxTxD * self.param("scaling", nn.initializers.ones, (1,)).astype(self.dtype)
         elif c.scaling == "channel":

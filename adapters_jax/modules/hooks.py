@@ -1,43 +1,34 @@
-"""Where adapters enter a model's forward pass.
+"""Where adapters enter a model's forward pass: the hooks the model families call.
 
-The model families call these at fixed points; each reads the module's
+A model calls these at fixed points; each reads the calling module's
 `adapters` attribute (a configs.AdapterSetup) and does nothing when no active
 adapter concerns that point, so a model without adapters computes exactly the
 base model. Adapter params are created as children of the module that calls
-the hook, under `<method>/<adapter name>/...`:
+the hook, under `<group>/<adapter name>/...` (the grammar of adapters_jax/paths.py):
 
-    .../attention/self/query/lora/<name>/lora_A        LoRA on a projection
-    .../attention/self/key/ia3/<name>/ia3_l            IA3 on a projection
-    .../output/adapters/<name>/adapter_down/kernel     bottleneck at a sublayer output
-    prefix_tuning/<name>/control_trans_0/kernel        prefix pool at the model root
-    embeddings/prompt_tuning/<name>/prompt_embedding   soft prompt at the word embeddings
+    .../attention/self/query/lora/<name>/lora_A        LoRA on a projection (AdaptedLinear)
+    .../attention/self/key/ia3/<name>/ia3_l            IA3 on a projection (AdaptedLinear)
+    .../output/adapters/<name>/adapter_down/kernel     bottleneck at a sublayer output (`bottleneck`)
+    prefix_tuning/<name>/control_trans_0/kernel        prefix pool at the model root (`prefixes`)
+    embeddings/prompt_tuning/<name>/prompt_embedding   soft prompt beside the word embeddings (`prompt`)
+
+Both families insert prompts and prefixes through `prompt` and `prefixes`, and
+every projection is an `AdaptedLinear`.
 """
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from adapters_jax import paths, primitives
 from adapters_jax.configs import IA3, Bottleneck, LoRA, PrefixTuning, PromptTuning
 from adapters_jax.modules.bottleneck import BottleneckAdapter, apply_stack
 from adapters_jax.modules.lora import IA3Scale, LoRAUpdate
 from adapters_jax.modules.prefix import PrefixKV
 from adapters_jax.modules.prompt import SoftPrompt
-
-# AdapterHub's keys, as regexes over our Linear paths, for both families.
-ATTN = {
-    "q": r"(attention/self/query|self_attn/q_proj)$",
-    "k": r"(attention/self/key|self_attn/k_proj)$",
-    "v": r"(attention/self/value|self_attn/v_proj)$",
-}
-INTERMEDIATE = r"(intermediate/dense|mlp/(gate_proj|up_proj))$"
-FFN_OUT = r"(layers?_\d+/output/dense|mlp/down_proj)$"
-
-
-def layer_index(path: str) -> int | None:
-    m = re.search(r"layers?_(\d+)(/|$)", path)
-    return int(m.group(1)) if m else None
 
 
 def _active(module, cls):
@@ -51,26 +42,23 @@ def _path(module) -> str:
 
 def targets(cfg: LoRA | IA3, path: str) -> str | None:
     """How a LoRA/IA3 config acts on the Linear at `path`: None, "output" or "input" (IA3 feed-forward)."""
-    idx = layer_index(path)
+    idx = paths.layer_index(path)
     if idx is not None and idx in cfg.leave_out:
         return None
     if isinstance(cfg, IA3) and cfg.feedforward is not None and re.search(cfg.feedforward, path):
         return "input"
     if cfg.target is not None:
         return "output" if re.search(cfg.target, path) else None
-    if cfg.selfattn_lora and any(re.search(ATTN[m], path) for m in cfg.attn_matrices):
+    role = paths.role_of(path)
+    if cfg.selfattn_lora and role in cfg.attn_matrices:
         return "output"
     if isinstance(cfg, IA3):  # the paper's placement: scale the FFN activation = the input of its output projection
-        if cfg.intermediate_lora and re.search(FFN_OUT, path):
+        if role == "ffn_out" and cfg.intermediate_lora:
             return "input"
-        if cfg.output_lora and re.search(FFN_OUT, path):
-            return "output"
-        return None
-    if cfg.intermediate_lora and re.search(INTERMEDIATE, path):
+        return "output" if role == "ffn_out" and cfg.output_lora else None
+    if role == "ffn_in" and cfg.intermediate_lora:
         return "output"
-    if cfg.output_lora and re.search(FFN_OUT, path):
-        return "output"
-    return None
+    return "output" if role == "ffn_out" and cfg.output_lora else None
 
 
 class _Group(nn.Module):
@@ -79,6 +67,25 @@ class _Group(nn.Module):
     @nn.compact
     def __call__(self, fn):
         return fn(self)
+
+
+class AdaptedLinear(primitives.Linear):
+    """A model's projection: primitives.Linear plus the LoRA/IA3 adapters that target its path.
+
+    IA3 "input" scales (the FFN activation) apply before the product; LoRA
+    updates and IA3 "output" scales after it. Param names are the Linear's
+    (`kernel`, `bias`) plus `lora/<name>/...` and `ia3/<name>/ia3_l`.
+    """
+
+    adapters: Any = None  # configs.AdapterSetup
+
+    @nn.compact
+    def __call__(self, x_BxTxI, deterministic: bool = True):
+        x_BxTxI = x_BxTxI.astype(self.dtype)
+        if self.adapters is None:
+            return self.project(x_BxTxI)
+        x_BxTxI = scale_linear_input(self, x_BxTxI)
+        return linear_output(self, x_BxTxI, self.project(x_BxTxI), deterministic)
 
 
 def scale_linear_input(linear, x_BxTxI):
@@ -113,13 +120,14 @@ def linear_output(linear, x_BxTxI, y_BxTxO, deterministic):
     return y_BxTxO
 
 
-def bottleneck(module, location, h_BxTxD, x_in_BxTxD, layer_norm, deterministic, group: str = "adapters"):
+def bottleneck(module, location, h_BxTxD, x_in_BxTxD, layer_norm, deterministic, family: str):
     """A sublayer's end: LayerNorm(h + x_in) (or h + x_in when layer_norm is None), adapters inside.
 
-    Params go under `<group>/<name>/`: "adapters" in BERT's output modules, "attention_adapters"
-    and "output_adapters" in a Llama decoder layer (AdapterHub's names).
+    Params go under `<group>/<name>/`, the group by family and location (paths.BOTTLENECK_GROUP):
+    "adapters" in BERT's output modules, "attention_adapters" and "output_adapters" in a Llama layer.
     """
-    idx = layer_index(_path(module))
+    group = paths.BOTTLENECK_GROUP[family][location]
+    idx = paths.layer_index(_path(module))
     hits = [(n, c) for n, c in _active(module, Bottleneck)
             if getattr(c, location) and (idx is None or idx not in c.leave_out)]
     if not hits:
@@ -173,17 +181,22 @@ class PrefixPool(nn.Module):
         return per_layer
 
 
-def prompt(module, w_BxTxD, mask_BxT, word_embeddings, deterministic):
-    """Prepend the active soft prompts to the word embeddings; returns (w, mask, n_prompt)."""
+def prompt(module, w_BxTxD, mask_BxT, table_VxD):
+    """Prepend the active soft prompts to the word embeddings: (w [B, P+T, D], mask [B, P+T], P).
+
+    Params go under `<module>/prompt_tuning/<name>/`; P is 0 when no prompt adapter is active.
+    """
     if not has_active(module, PromptTuning):
         return w_BxTxD, mask_BxT, 0
-    return PromptPool(module.adapters, name="prompt_tuning")(w_BxTxD, mask_BxT, word_embeddings.embedding)
+    return PromptPool(module.adapters, name="prompt_tuning")(w_BxTxD, mask_BxT, table_VxD)
 
 
-def prefixes(module, n_layers, n_heads, head_dim, batch, deterministic):
-    """Per-layer (keys, values) [B, P, N, K] of the active prefix adapters, or None."""
+def prefixes(module, n_layers, n_kv_heads, head_dim, hidden, batch, deterministic):
+    """Per-layer (keys, values) [B, P, N, K] of the active prefix adapters (None for a left-out layer), or None.
+
+    Params go under `<module>/prefix_tuning/<name>/`; each layer's attention prepends its pair (modules/prefix.prepend).
+    """
     if not has_active(module, PrefixTuning):
         return None
-    pool = PrefixPool(module.adapters, n_layers, n_heads, head_dim, module.config.hidden_size, module.dtype,
-                      name="prefix_tuning")
+    pool = PrefixPool(module.adapters, n_layers, n_kv_heads, head_dim, hidden, module.dtype, name="prefix_tuning")
     return pool(batch, deterministic)

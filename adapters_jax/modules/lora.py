@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from adapters_jax.configs import LoRA
-from adapters_jax.models.layers import Dropout
+from adapters_jax.primitives import Dropout
 from adapters_jax.modules.bottleneck import kaiming_uniform_sqrt5
 
 

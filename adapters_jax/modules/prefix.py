@@ -13,8 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from adapters_jax.configs import PrefixTuning
-from adapters_jax.models.layers import Dropout, Embed, Linear
-from adapters_jax.modules.bottleneck import ACT
+from adapters_jax.primitives import Dropout, Embed, Linear, activation
 
 
 class PrefixKV(nn.Module):
@@ -35,7 +34,7 @@ class PrefixKV(nn.Module):
             kv_PxO = self.param("control_trans", nn.initializers.normal(1.0), (p * out,)).reshape(p, out)
         else:
             e_PxD = Embed(p, self.hidden, name="wte")(jnp.arange(p))
-            h_PxM = ACT[c.non_linearity.lower()](Linear(c.bottleneck_size, name="control_trans_0")(e_PxD))
+            h_PxM = activation(c.non_linearity)(Linear(c.bottleneck_size, name="control_trans_0")(e_PxD))
             kv_PxO = Linear(out, name="control_trans_2")(h_PxM)
         kv_BxPxO = jnp.broadcast_to(kv_PxO.astype(self.dtype), (batch, p, out))
         kv_BxPxO = Dropout(c.dropout)(kv_BxPxO, deterministic=deterministic)

@@ -1,9 +1,11 @@
-"""Building blocks shared by the model families.
+"""Primitive layers shared by adapter modules and model families; they know nothing of adapters.
 
-Every dense projection of a model is a `Linear`, so that adapters which act on
-projections (LoRA, IA3) attach in one place for every architecture. Params are
-stored in `param_dtype` (float32 by default) and cast to the compute `dtype` at
-use, so float32 master weights with bf16 compute is one flag.
+Linear, Embed, LayerNorm/RMSNorm, Dropout (hash-based masks), the activation
+table and scaled dot-product attention. Params are stored in `param_dtype`
+(float32 by default) and cast to the compute `dtype` at use, so float32 master
+weights with bf16 compute is one flag. The bottom layer of the library:
+modules/ (adapters and their hooks) and models/ build on it; it imports nothing
+from either.
 """
 from __future__ import annotations
 
@@ -19,30 +21,51 @@ Dtype = Any
 default_kernel_init = nn.initializers.normal(stddev=0.02)
 
 
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # erf GELU, as torch's nn.GELU()
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+    "leakyrelu": lambda x: jax.nn.leaky_relu(x, 0.01),
+    "sigmoid": jax.nn.sigmoid,
+    "identity": lambda x: x,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The activation called `name` (case-insensitive; HF's hidden_act and AdapterHub's non_linearity names)."""
+    try:
+        return ACTIVATIONS[name.lower()]
+    except KeyError:
+        raise ValueError(f"activation {name!r} is not supported; supported: {sorted(ACTIVATIONS)}") from None
+
+
 class Linear(nn.Module):
-    """y = x @ kernel + bias, kernel stored [in, out] (the transpose of torch's weight)."""
+    """y = x @ kernel + bias, kernel stored [in, out] (the transpose of torch's weight).
+
+    `project` creates the params and computes the product, so a subclass that
+    adds work around it (modules/hooks.AdaptedLinear) keeps the same param names.
+    """
 
     features: int
     use_bias: bool = True
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable = default_kernel_init
-    adapters: Any = None  # configs.AdapterSetup; LoRA/IA3 hooks read it
 
     @nn.compact
     def __call__(self, x_BxTxI: jax.Array, deterministic: bool = True) -> jax.Array:
-        in_features = x_BxTxI.shape[-1]
-        kernel_IxO = self.param("kernel", self.kernel_init, (in_features, self.features), self.param_dtype)
-        x_BxTxI = x_BxTxI.astype(self.dtype)
-        if self.adapters is not None:
-            from adapters_jax.modules import hooks  # late import: modules depend on layers
-            x_BxTxI = hooks.scale_linear_input(self, x_BxTxI)
+        return self.project(x_BxTxI.astype(self.dtype))
+
+    def project(self, x_BxTxI: jax.Array) -> jax.Array:
+        kernel_IxO = self.param("kernel", self.kernel_init, (x_BxTxI.shape[-1], self.features), self.param_dtype)
         y_BxTxO = jnp.dot(x_BxTxI, kernel_IxO.astype(self.dtype))
         if self.use_bias:
             bias_O = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
             y_BxTxO = y_BxTxO + bias_O.astype(self.dtype)
-        if self.adapters is not None:
-            y_BxTxO = hooks.linear_output(self, x_BxTxI, y_BxTxO, deterministic)
         return y_BxTxO
 
 

@@ -3,7 +3,8 @@
 The `gguf` package reads the file; every tensor (Q4_1, Q8_0, F16, F32, ...) is
 dequantized to float32 numpy, renamed to its Hugging Face name (`hf_name`;
 unknown names stay as they are) and then goes through the same `hf.to_params`
-as a safetensors checkpoint, so missing or mis-shaped tensors get the same errors.
+as a safetensors checkpoint, so missing or mis-shaped tensors get the same errors
+(naming the GGUF tensor).
 
 llama.cpp's converter permutes the rows of q_proj and k_proj (within each
 head, from HF's "halves" RoPE layout to interleaved pairs); we undo it, as
@@ -133,14 +134,14 @@ def load_gguf(path: str | Path, dtype=jnp.float32, param_dtype=jnp.float32, **ov
     if config.vocab_size == 0 and "token_embd.weight" in raw:
         config = llama.replace(config, vocab_size=int(raw["token_embd.weight"].shape[-1]))
 
-    tensors = {}
+    tensors, names = {}, {}
     for name, t in raw.items():
         w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
         kind = name.split(".")[-2] if name.startswith("blk.") else None
         heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}.get(kind)
         if heads is not None and w.shape[0] == heads * config.head_dim:  # else to_params reports the shape
             w = unpermute_rows(w, heads)
-        tensors[hf_name(name)] = w
+        tensors[hf_name(name)], names[hf_name(name)] = w, name
 
     model = llama.Model(config, dtype=dtype, param_dtype=param_dtype)
     params = hf.to_params(
@@ -149,6 +150,7 @@ def load_gguf(path: str | Path, dtype=jnp.float32, param_dtype=jnp.float32, **ov
         llama.FAMILY,
         dtype=np.dtype(param_dtype),
         where=str(path),
+        source_names=names,
     )
     params = jax.tree.map(jnp.asarray, params)
     # Hashes the dequantized params, like every other loader, so a restore can recompute it.

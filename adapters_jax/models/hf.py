@@ -77,14 +77,17 @@ def to_params(
     family: str,
     dtype=np.float32,
     where: str = "checkpoint",
+    source_names: Mapping[str, str] | None = None,
 ) -> dict:
     """Map HF-named tensors onto the model's param tree, checking every name and shape.
 
     `abstract_params` is the model's param tree (arrays or ShapeDtypeStructs, from
     `jax.eval_shape(model.init, ...)`); `family` ("bert", "llama") says which
     HF tensors are dropped. Raises CheckpointError naming every missing,
-    unexpected or mis-shaped tensor.
+    unexpected or mis-shaped tensor, by its name in the file (`source_names` maps HF
+    names back to the file's own, e.g. GGUF's).
     """
+    source_names = source_names or {}
     expected = paths.flat(abstract_params)
     out: dict[str, np.ndarray] = {}
     unexpected = []
@@ -93,7 +96,7 @@ def to_params(
             continue
         target = paths.hf_to_path(hf_name, family, expected)
         if target is None:
-            unexpected.append(hf_name)
+            unexpected.append(source_names.get(hf_name, hf_name))
             continue
         value = np.asarray(value)
         if target.endswith("/kernel"):
@@ -101,7 +104,7 @@ def to_params(
         want = tuple(expected[target].shape)
         if tuple(value.shape) != want:
             raise CheckpointError(
-                f"{where}: tensor {hf_name!r} has shape {tuple(value.shape)} but {target} needs {want} "
+                f"{where}: tensor {source_names.get(hf_name, hf_name)!r} has shape {tuple(value.shape)} but {target} needs {want} "
                 "(after transposing Linear weights); is config.json the one these weights were saved with?"
             )
         out[target] = value.astype(dtype)

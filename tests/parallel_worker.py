@@ -9,7 +9,8 @@ RUN:  {"name", "strategy": single|pmap|mesh, "mesh": [d, f, t], "shard_trainable
        "drop_index": feed no batch["index"] (dropout keyed by batch row: the control)}
 Each run writes OUT/NAME.npz (trainable after the last step, flat paths) and OUT/NAME.json (losses, and
 for a save or restore the state at that step in OUT/NAME.state.npz); a mesh run writes the per-device
-bytes of its frozen base too. The device count must be set before JAX is imported, hence a process.
+bytes of its frozen base and each frozen leaf's partition spec too. The device count must be set before
+JAX is imported, hence a process.
 """
 import json
 import os
@@ -125,6 +126,8 @@ def do(run):
         info["frozen_bytes"] = int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(frozen0)))
         info["frozen_bytes_per_device"] = sorted(per.values())
         info["devices"] = len(per)
+        info["frozen_specs"] = {k: list(x.sharding.spec) + [None] * (x.ndim - len(x.sharding.spec))
+                                for k, x in flatten_dict(frozen, sep="/").items()}  # mesh axis (or None) per dim
     info["seconds"] = time.time() - t0
     if primary:
         np.savez(out / f"{run['name']}.npz", **flat(trainable))

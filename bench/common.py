@@ -32,6 +32,13 @@ JAX_SPECS = {
 PEERS = {"full": "pytorch", "houlsby": "adapterhub", "pfeiffer": "adapterhub", "lora": "peft", "ia3": "peft"}
 
 MODELS = {"minilm-l6": "classification", "bert-base-random": "classification", "smollm2-135m": "lm"}
+# bench models that are no asset: the asset whose model family (and so XLA flag choice) they share
+FLAGS_STAND_IN = {"bert-base-random": "minilm-l6"}
+
+
+def flags_model(model: str) -> str:
+    """What to hand adapters_jax.xla_flags.apply_for for a bench model name."""
+    return FLAGS_STAND_IN.get(model, model)
 
 RESULT_TAG = "BENCH_RESULT "
 

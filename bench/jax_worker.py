@@ -1,7 +1,10 @@
 """One JAX configuration (or the matmul peak probe) in its own process; prints one result line.
 
     python bench/jax_worker.py '{"model": "minilm-l6", "method": "houlsby", "batch": 32, "seq": 128, ...}'
-    python bench/jax_worker.py '{"probe": "matmul"}'
+    python bench/jax_worker.py '{"probe": "matmul", "model": "minilm-l6"}'
+
+Before JAX computes anything the worker sets the library's XLA:CPU flags for the model
+(`xla_flags.apply_for`) and records the choice in its result (`xla_flags_choice`).
 """
 from __future__ import annotations
 
@@ -18,12 +21,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import adapters_jax  # noqa: E402,F401  (sets the library's XLA:CPU defaults before JAX starts)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
-from bench.common import JAX_SPECS, MODELS, emit  # noqa: E402
+from adapters_jax import xla_flags  # noqa: E402
+from bench.common import JAX_SPECS, MODELS, emit, flags_model  # noqa: E402
+
+
+def apply_xla_flags(model: str) -> dict:
+    """The library's XLA:CPU flag choice for `model`, set before this process's first JAX computation."""
+    if hasattr(xla_flags, "apply_for"):
+        return xla_flags.apply_for(flags_model(model))
+    return {"model": None, "reason": "adapters_jax.xla_flags has no apply_for: its flags were set on import",
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def flags_choice() -> dict:
+    return xla_flags.current() if hasattr(xla_flags, "current") else {"xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def tree_bytes(tree) -> int:
@@ -108,9 +124,38 @@ def checkpoint_bytes(state) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def train_setup(cfg):
-    """(model, params, labels, trainable, frozen, state, batch, jitted train step) for one configuration:
-    AdamW lr 1e-3 (weight decay 0.01, clip 1.0, 10% warm-up), the state's donated buffers reused per step."""
+@dataclasses.dataclass
+class Setup:
+    """One configuration ready to step: `step` is the jitted train step, made by make_step(optimizer)."""
+
+    model: object
+    params: dict
+    labels: dict
+    trainable: dict
+    frozen: dict
+    state: dict
+    batch: dict
+    optimizer: optax.GradientTransformation
+    make_step: object
+    step: object
+
+    def gradient_bytes(self) -> int:
+        """Bytes of the gradient pytree the train step hands to its optimizer. The step is traced (jax.eval_shape:
+        nothing is computed) with an optimizer whose update records the gradients it is given."""
+        seen = []
+
+        def update(grads, opt_state, params=None):
+            seen.append(tree_bytes(grads))
+            return self.optimizer.update(grads, opt_state, params)
+
+        probe = optax.GradientTransformation(self.optimizer.init, update)
+        jax.eval_shape(self.make_step(probe), self.state, self.frozen, self.batch)
+        return seen[0]
+
+
+def train_setup(cfg) -> Setup:
+    """One configuration: AdamW lr 1e-3 (weight decay 0.01, clip 1.0, 10% warm-up), the jitted step donating
+    the state's buffers."""
     from adapters_jax.partition import split
     from adapters_jax.train import optimizer as opt_lib
     from adapters_jax.train.step import init_state, make_train_step
@@ -119,10 +164,9 @@ def train_setup(cfg):
     trainable, frozen = split(params, labels)
     opt = opt_lib.make(split(labels, labels)[0], lr=1e-3, total_steps=1000, warmup=0.1, weight_decay=0.01,
                        clip_norm=1.0)
-    state = init_state(trainable, opt, 0)
-    step = jax.jit(make_train_step(model, opt, "classification" if task == "classification" else "lm"),
-                   donate_argnums=(0,))
-    return model, params, labels, trainable, frozen, state, batch_for(cfg, model, task), step
+    make_step = lambda o: make_train_step(model, o, "classification" if task == "classification" else "lm")
+    return Setup(model, params, labels, trainable, frozen, init_state(trainable, opt, 0), batch_for(cfg, model, task),
+                 opt, make_step, jax.jit(make_step(opt), donate_argnums=(0,)))
 
 
 def run(cfg) -> dict:
@@ -130,18 +174,20 @@ def run(cfg) -> dict:
     from adapters_jax.partition import param_report
 
     t_load = time.perf_counter()
-    model, params, labels, trainable, frozen, state, batch, step = train_setup(cfg)
-    report = param_report(params, labels)
+    setup = train_setup(cfg)
+    model, params, state, frozen, batch = setup.model, setup.params, setup.state, setup.frozen, setup.batch
+    report = param_report(params, setup.labels)
     load_s = time.perf_counter() - t_load
     rss_load = rss_high_water()
     rec = {
         "param_bytes": tree_bytes(params), "trainable_params": report.trainable, "total_params": report.total,
-        "trainable_bytes": tree_bytes(trainable), "frozen_bytes": tree_bytes(frozen),
-        "grad_bytes": tree_bytes(trainable),  # one gradient per trainable leaf, same shape and dtype
+        "trainable_bytes": tree_bytes(setup.trainable), "frozen_bytes": tree_bytes(frozen),
+        "grad_bytes": setup.gradient_bytes(),
+        "grad_bytes_source": "the gradient pytree the train step passes to its optimizer (jax.eval_shape trace)",
         "opt_state_bytes": tree_bytes(state["opt_state"]),
     }
     t0 = time.perf_counter()
-    lowered = step.lower(state, frozen, batch)
+    lowered = setup.step.lower(state, frozen, batch)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     release_host_memory()  # as the training loop does after compiling its shapes
@@ -175,6 +221,7 @@ def run(cfg) -> dict:
         "device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
         "model_config": dataclasses.asdict(model.config),
         "jax_version": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "xla_flags_choice": flags_choice(),
     })
     stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
     if stats and "peak_bytes_in_use" in stats:
@@ -187,9 +234,10 @@ def run(cfg) -> dict:
 
 def main():
     cfg = json.loads(sys.argv[1])
+    apply_xla_flags(cfg.get("model", "minilm-l6"))
     if cfg.get("probe") == "matmul":
         emit({"impl": "jax", "probe": "matmul", "flops_per_s": matmul_peak(cfg.get("dtype", "float32")),
-              "platform": jax.devices()[0].platform})
+              "platform": jax.devices()[0].platform, "model": cfg.get("model"), "xla_flags_choice": flags_choice()})
         return
     rec = {"impl": "jax", "method": cfg["method"], "model": cfg["model"], "batch": cfg["batch"], "seq": cfg["seq"],
            "dtype": cfg.get("dtype", "float32"), "adapter_spec": JAX_SPECS[cfg["method"]]}

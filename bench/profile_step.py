@@ -5,7 +5,7 @@
 Prints ms/step and share per thunk kind (the trailing `.N` of fusion names
 dropped), the top single thunks, and a coarse split: dots (oneDNN/YNNPACK/plain
 dot thunks and fusions that contain a dot), random bits, transposes/copies,
-everything else. Same model, method and batch as bench/jax_worker.py. With
+everything else. Same model, method, batch and XLA flag choice as bench/jax_worker.py. With
 --dots, the dot thunks grouped by operand shapes and contracting dims (read from
 the compiled HLO), with FLOPs and GFLOP/s of thunk time each. Thunks overlap on
 the threads and some dots run asynchronously (their thunk only launches them),
@@ -27,10 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import adapters_jax  # noqa: E402,F401  (the library's XLA:CPU defaults)
 import jax  # noqa: E402
 
-from bench.jax_worker import train_setup  # noqa: E402
+from bench.jax_worker import apply_xla_flags, flags_choice, train_setup  # noqa: E402
 
 
 def kind(name: str) -> str:
@@ -89,9 +88,11 @@ def main():
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--dots", action="store_true", help="also group the dot thunks by shape, with GFLOP/s each")
     args = ap.parse_args()
+    apply_xla_flags(args.model)
     cfg = {"model": args.model, "method": args.method, "batch": args.batch, "seq": args.seq}
-    _, _, _, _, frozen, state, batch, step = train_setup(cfg)
-    step = step.lower(state, frozen, batch).compile()
+    setup = train_setup(cfg)
+    frozen, state, batch = setup.frozen, setup.state, setup.batch
+    step = setup.step.lower(state, frozen, batch).compile()
     dot_shapes = dot_signatures(step.as_text()) if args.dots else {}
     for _ in range(2):
         state, m = step(state, frozen, batch)
@@ -112,7 +113,7 @@ def main():
     total = sum(by_name.values())
     per = lambda us: us / 1e3 / args.steps
     print(f"{args.model} {args.method} b{args.batch} t{args.seq}: thunk time {per(total):.0f} ms/step "
-          f"(summed over threads; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})")
+          f"(summed over threads; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}: {flags_choice().get('reason')})")
     for k, t in by_kind.most_common():
         print(f"  {per(t):8.1f} ms/step {100 * t / total:5.1f}%  {k}")
     print("top thunks:")

@@ -192,7 +192,7 @@ def main(argv=None):
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(loss.item())
             step += 1
             if step % args.log_every == 0:
                 print(f"step {step}/{total} loss {np.mean(losses[-args.log_every:]):.4f} "

@@ -8,7 +8,9 @@ Run with the peers' interpreter (.venv-peers: torch, transformers 4.57, AdapterH
 
 The model is built from the same config as ours (for MiniLM from the same
 checkpoint directory); pytorch = transformers alone (full fine-tuning),
-adapterhub = `adapters` bottleneck configs, peft = PEFT LoRA/IA3.
+adapterhub = `adapters` bottleneck configs, peft = PEFT LoRA/IA3. Given our
+run's count (`jax_trainable_params`), a peer that would train a different
+number of parameters refuses to run and reports both counts.
 """
 from __future__ import annotations
 
@@ -78,10 +80,13 @@ def build(cfg):
         if method == "lora":
             pc = peft.LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, task_type=task_type,
                                  target_modules=["q_proj", "v_proj"] if is_llama else ["query", "value"])
-        else:
-            ff = ["down_proj"] if is_llama else ["output.dense"]
+        elif is_llama:
+            pc = peft.IA3Config(task_type=task_type, feedforward_modules=["down_proj"],
+                                target_modules=["k_proj", "v_proj", "down_proj"])
+        else:  # the FFN's output dense only (a plain "output.dense" also matches attention.output.dense)
+            ff = r".*\.layer\.\d+\.output\.dense"
             pc = peft.IA3Config(task_type=task_type, feedforward_modules=ff,
-                                target_modules=(["k_proj", "v_proj"] if is_llama else ["key", "value"]) + ff)
+                                target_modules=r".*\.attention\.self\.(key|value)|" + ff)
         model = peft.get_peft_model(model, pc)
     return model, task, impl
 
@@ -96,6 +101,11 @@ def run(cfg) -> dict:
     model, task, impl = build(cfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    trainable = sum(p.numel() for p in params)
+    if cfg.get("jax_trainable_params") is not None and trainable != cfg["jax_trainable_params"]:
+        return {"impl": impl, "trainable_params": trainable, "jax_trainable_params": cfg["jax_trainable_params"],
+                "error": f"{impl} {cfg['method']} trains {trainable:,} params, ours {cfg['jax_trainable_params']:,}: "
+                         f"not the same work, not run"}
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
     g = torch.Generator().manual_seed(0)
     b, t = cfg["batch"], cfg["seq"]
@@ -104,9 +114,13 @@ def run(cfg) -> dict:
     labels = torch.randint(0, 2, (b,), generator=g) if task == "classification" else ids
     load_s = time.perf_counter() - t_load
 
+    grad_bytes = []
+
     def step():
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
+        if not grad_bytes:  # the gradients this backward produced, once
+            grad_bytes.append(nbytes(p.grad for p in model.parameters() if p.grad is not None))
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -126,9 +140,10 @@ def run(cfg) -> dict:
     flops = float(fc.get_total_flops())
     opt_tensors = [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
     return {
-        "impl": impl, "trainable_params": sum(p.numel() for p in params),
+        "impl": impl, "trainable_params": trainable, "jax_trainable_params": cfg.get("jax_trainable_params"),
         "total_params": sum(p.numel() for p in model.parameters()),
-        "param_bytes": nbytes(model.parameters()), "trainable_bytes": nbytes(params), "grad_bytes": nbytes(params),
+        "param_bytes": nbytes(model.parameters()), "trainable_bytes": nbytes(params), "grad_bytes": grad_bytes[0],
+        "grad_bytes_source": "sum of p.grad bytes over the model's params after the first backward",
         "opt_state_bytes": nbytes(opt_tensors),
         "step_s_median": med, "step_s_min": min(measured), "step_s_max": max(measured), "step_s_all": measured,
         "first_step_s": times[0], "compile_s": None, "load_s": load_s,
@@ -150,6 +165,8 @@ def main():
            "dtype": cfg.get("dtype", "float32")}
     rec.update(run(cfg))
     emit(rec)
+    if "error" in rec:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

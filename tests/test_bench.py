@@ -1,4 +1,5 @@
-"""Smoke test of scripts/bench.py: one tiny configuration writes its JSON line (no timing assertions)."""
+"""scripts/bench.py and its workers: one tiny configuration writes its JSON line (no timing assertions), the
+round summary's two ratios, and the gradient bytes the JAX worker measures."""
 import importlib.util
 import json
 import subprocess
@@ -26,6 +27,7 @@ def test_bench_writes_jsonl(tmp_path, asset_path):
         assert f in row, f
     assert row["impl"] == "jax"
     assert abs(row["opt_state_bytes"] / row["trainable_bytes"] - 2.0) < 0.01
+    assert row["grad_bytes"] == row["trainable_bytes"] < row["param_bytes"]
     assert "| houlsby |" in p.stdout
     per_round = [r for r in rows if r["kind"] == "config_round"]
     assert [r["round"] for r in per_round] == [0, 1]
@@ -53,5 +55,23 @@ def test_rounds_summary_and_paired_ratios():
     assert (ours["step_s_min"], ours["step_s_max"]) == (0.9, 2.1)
     assert peer["step_s_median"] == 2.2 and ours["tokens_per_s"] == 32 / 1.5
     assert ours["jax_over_peer_rounds"] == [2.2 / 2.0, 1.0, 2.0]
+    assert ours["jax_over_peer_round_median"] == 2.2 / 2.0  # median of the paired ratios
     assert abs(ours["jax_over_peer"] - 2.2 / 1.5) < 1e-12  # ratio of the medians
+    assert peer["jax_over_peer_round_median"] == ours["jax_over_peer_round_median"]
+    assert "| 1.47 | 1.10 |" in script.table(summary)
     assert ours["achieved_flops_per_s"] == 64.0 / 1.5
+
+
+def test_gradient_bytes_are_what_the_step_differentiates(asset_path):
+    """The JAX worker's grad_bytes: the gradient the train step hands its optimizer. With an adapter that is the
+    trainable leaves only (no gradient for the frozen base); with full fine-tuning, every param."""
+    asset_path("minilm-l6")
+    from bench.jax_worker import train_setup, tree_bytes
+
+    cfg = {"model": "minilm-l6", "batch": 2, "seq": 8}
+    adapter = train_setup({**cfg, "method": "houlsby"})
+    grad, trainable, params = adapter.gradient_bytes(), tree_bytes(adapter.trainable), tree_bytes(adapter.params)
+    assert grad == trainable
+    assert grad < params / 10
+    full = train_setup({**cfg, "method": "full"})
+    assert full.gradient_bytes() == tree_bytes(full.params)

@@ -141,9 +141,10 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: every core)")
     ap.add_argument("--train-limit", type=int, default=0, help="smoke test: the first N training rows only")
     args = ap.parse_args(argv)
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(args.threads or os.cpu_count())
     load_avg_start = [round(x, 2) for x in os.getloadavg()]
 
     data = json.loads(Path(args.data).read_text())

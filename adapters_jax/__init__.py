@@ -8,10 +8,6 @@
 """
 __version__ = "0.1.0"
 
-from adapters_jax import xla_flags as _xla_flags  # noqa: E402
-
-_xla_flags.apply()  # XLA:CPU defaults (oneDNN dots; ADAPTERS_JAX_ONEDNN=0 opts out), before JAX reads XLA_FLAGS
-
 from adapters_jax import errors, paths  # noqa: E402,F401
 from adapters_jax.errors import AdaptersJaxError  # noqa: E402,F401
 from adapters_jax.models import Loaded, load  # noqa: E402
@@ -21,3 +17,5 @@ from adapters_jax.adapters import (  # noqa: E402
 )
 from adapters_jax.configs import AdapterConfigError, AdapterSetup, parse  # noqa: E402
 from adapters_jax.partition import labels, merge, param_report, split, trainable_mask  # noqa: E402
+from adapters_jax import interop  # noqa: E402,F401
+from adapters_jax.decoding import Completion, generate  # noqa: E402,F401

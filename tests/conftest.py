@@ -53,3 +53,11 @@ def minilm_tokenizer(asset_path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(asset_path("minilm-l6")))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized), loaded once per session."""
+    import adapters_jax as aj
+
+    return aj.load("smollm2-135m")

@@ -32,6 +32,7 @@ RANKS = [
     ("adapters_jax.partition", 6),
     ("adapters_jax.interop", 6),
     ("adapters_jax.checkpoint", 7),
+    ("adapters_jax.decoding", 7),
     ("adapters_jax.xla_flags", 7),
     ("adapters_jax.train", 8),
     ("adapters_jax", 9),  # the package's __init__: the public API

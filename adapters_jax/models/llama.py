@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from adapters_jax import primitives as layers
 from adapters_jax.errors import CheckpointError
+from adapters_jax.models import kv_cache
 from adapters_jax.modules import hooks
 from adapters_jax.modules.hooks import AdaptedLinear
 from adapters_jax.modules.prefix import prepend
@@ -173,7 +174,10 @@ class Attention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, h_BxTxD, cos_BxTxK, sin_BxTxK, bias_Bx1xTxT, deterministic: bool = True, prefix=None):
+    def __call__(self, h_BxTxD, cos_BxTxK, sin_BxTxK, bias_Bx1xTxS, deterministic: bool = True, prefix=None,
+                 kv=None):
+        """kv: None, or this layer's cache slots (k, v) [B, S, N, K] and the slot `index` to write the T new
+        keys/values at; then returns (out, (k, v)) with the queries attending to every slot the bias allows."""
         c = self.config
         b, t, _ = h_BxTxD.shape
         kw = dict(adapters=self.adapters, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -184,16 +188,22 @@ class Attention(nn.Module):
         q_BxTxHxK = apply_rope(q_BxTxHxK.reshape(b, t, -1, c.head_dim), cos_BxTxK, sin_BxTxK)
         k_BxTxNxK = apply_rope(k_BxTxNxK.reshape(b, t, -1, c.head_dim), cos_BxTxK, sin_BxTxK)
         v_BxTxNxK = v_BxTxNxK.reshape(b, t, -1, c.head_dim)
+        if kv is not None:  # write the new keys/values into their cache slots, attend over all slots
+            (k_BxSxNxK, v_BxSxNxK), index = kv
+            k_BxTxNxK = jax.lax.dynamic_update_slice(k_BxSxNxK, k_BxTxNxK.astype(k_BxSxNxK.dtype), (0, index, 0, 0))
+            v_BxTxNxK = jax.lax.dynamic_update_slice(v_BxSxNxK, v_BxTxNxK.astype(v_BxSxNxK.dtype), (0, index, 0, 0))
+            kv = (k_BxTxNxK, v_BxTxNxK)
         if prefix is not None:  # prefix tuning: un-rotated key/value positions in front (AdapterHub)
-            k_BxTxNxK, v_BxTxNxK, bias_Bx1xTxT = prepend(prefix, k_BxTxNxK, v_BxTxNxK, bias_Bx1xTxT)
+            k_BxTxNxK, v_BxTxNxK, bias_Bx1xTxS = prepend(prefix, k_BxTxNxK, v_BxTxNxK, bias_Bx1xTxS)
         dropout_rng = None
         if not deterministic and c.attention_dropout > 0.0:
             dropout_rng = self.make_rng("dropout")
         ctx_BxTxHxK = layers.attention(
-            q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, bias_Bx1xTxT, c.attention_dropout, dropout_rng, deterministic
+            q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, bias_Bx1xTxS, c.attention_dropout, dropout_rng, deterministic
         )
         o_proj = AdaptedLinear(c.hidden_size, use_bias=c.o_bias, name="o_proj", **kw)
-        return o_proj(ctx_BxTxHxK.reshape(b, t, -1), deterministic)
+        out_BxTxD = o_proj(ctx_BxTxHxK.reshape(b, t, -1), deterministic)
+        return out_BxTxD if kv is None else (out_BxTxD, kv)
 
 
 class MLP(nn.Module):
@@ -220,19 +230,23 @@ class DecoderLayer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, h_BxTxD, cos_BxTxK, sin_BxTxK, bias_Bx1xTxT, deterministic: bool = True, prefix=None):
+    def __call__(self, h_BxTxD, cos_BxTxK, sin_BxTxK, bias_Bx1xTxT, deterministic: bool = True, prefix=None,
+                 kv=None):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x_BxTxD = layers.RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(h_BxTxD)
         attn = Attention(c, adapters=self.adapters, name="self_attn", **kw)
-        attn_out_BxTxD = attn(x_BxTxD, cos_BxTxK, sin_BxTxK, bias_Bx1xTxT, deterministic, prefix)
+        attn_out_BxTxD = attn(x_BxTxD, cos_BxTxK, sin_BxTxK, bias_Bx1xTxT, deterministic, prefix, kv)
+        if kv is not None:
+            attn_out_BxTxD, kv = attn_out_BxTxD
         attn_out_BxTxD = layers.Dropout(c.dropout)(attn_out_BxTxD, deterministic=deterministic)
         # residual add, with bottleneck adapters inside (pre-LN: no LayerNorm at this point)
         h_BxTxD = hooks.bottleneck(self, "mh_adapter", attn_out_BxTxD, h_BxTxD, None, deterministic, FAMILY)
         x_BxTxD = layers.RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(h_BxTxD)
         mlp_out_BxTxD = MLP(c, adapters=self.adapters, name="mlp", **kw)(x_BxTxD, deterministic)
         mlp_out_BxTxD = layers.Dropout(c.dropout)(mlp_out_BxTxD, deterministic=deterministic)
-        return hooks.bottleneck(self, "output_adapter", mlp_out_BxTxD, h_BxTxD, None, deterministic, FAMILY)
+        h_BxTxD = hooks.bottleneck(self, "output_adapter", mlp_out_BxTxD, h_BxTxD, None, deterministic, FAMILY)
+        return h_BxTxD if kv is None else (h_BxTxD, kv)
 
 
 class LlamaModel(nn.Module):
@@ -253,13 +267,21 @@ class LlamaModel(nn.Module):
         self.norm = layers.RMSNorm(c.rms_norm_eps, **kw)
 
     @nn.compact  # soft prompt and prefix pools are created by the hooks (params under model/...)
-    def __call__(self, input_ids_BxT, attention_mask_BxT=None, deterministic=True, positions_BxT=None):
+    def __call__(self, input_ids_BxT, attention_mask_BxT=None, deterministic=True, positions_BxT=None,
+                 cache=None, prefill: bool = True):
+        """The final-normed hidden state [B, T, D]; with `cache` (models/kv_cache.py) also the updated cache.
+
+        With a cache, the T new tokens go into slots index..index+T-1 and attend to every earlier slot
+        whose mask is set; `positions_BxT` must be given. `prefill=False` (a decode step) skips the
+        soft prompt and takes the prefix keys/values the prefill stored in the cache.
+        """
         c = self.config
         b, t = input_ids_BxT.shape
         mask_BxT = jnp.ones((b, t), jnp.int32) if attention_mask_BxT is None else attention_mask_BxT
-        h_BxSxD, mask_BxS, n_prompt = hooks.prompt(self, self.embed_tokens(input_ids_BxT), mask_BxT,
-                                                   self.embed_tokens.embedding)
-        if attention_mask_BxT is None and n_prompt == 0:
+        h_BxSxD, mask_BxS, n_prompt = self.embed_tokens(input_ids_BxT), mask_BxT, 0
+        if prefill:
+            h_BxSxD, mask_BxS, n_prompt = hooks.prompt(self, h_BxSxD, mask_BxT, self.embed_tokens.embedding)
+        if attention_mask_BxT is None and n_prompt == 0 and cache is None:
             mask_BxS = None  # no padding: the causal mask alone
         s = t + n_prompt
         if positions_BxT is None:
@@ -267,14 +289,31 @@ class LlamaModel(nn.Module):
         elif n_prompt:  # positions are counted over the soft prompt in front (PEFT)
             positions_BxT = jnp.concatenate([jnp.broadcast_to(jnp.arange(n_prompt), (b, n_prompt)),
                                              positions_BxT + n_prompt], axis=1)
+        elif not prefill:  # a decode step: the soft prompt the prefill put in front still counts
+            positions_BxT = positions_BxT + hooks.prompt_length(self)
         cos_BxSxK, sin_BxSxK = rope_cos_sin(positions_BxT, c.head_dim, c.rope_theta)
-        bias_Bx1xSxS = attention_bias(mask_BxS, s, c.sliding_window)
-        prefixes = hooks.prefixes(self, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, c.hidden_size, b,
-                                  deterministic)
+        if prefill:
+            prefixes = hooks.prefixes(self, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, c.hidden_size,
+                                      b, deterministic)
+        else:
+            prefixes = cache["prefixes"]
+        if cache is None:
+            bias = attention_bias(mask_BxS, s, c.sliding_window)
+        else:
+            cache, bias = kv_cache.write_mask(cache, mask_BxS, c.sliding_window)
+        new_layers = []
         for i, layer in enumerate(self.layers):
             prefix = prefixes[i] if prefixes is not None else None
-            h_BxSxD = layer(h_BxSxD, cos_BxSxK, sin_BxSxK, bias_Bx1xSxS, deterministic, prefix)
-        return self.norm(h_BxSxD[:, n_prompt:])
+            if cache is None:
+                h_BxSxD = layer(h_BxSxD, cos_BxSxK, sin_BxSxK, bias, deterministic, prefix)
+            else:
+                h_BxSxD, kv = layer(h_BxSxD, cos_BxSxK, sin_BxSxK, bias, deterministic, prefix,
+                                    (cache["layers"][i], cache["index"]))
+                new_layers.append(kv)
+        h_BxTxD = self.norm(h_BxSxD[:, n_prompt:])
+        if cache is None:
+            return h_BxTxD
+        return h_BxTxD, kv_cache.advance(cache, tuple(new_layers), s, prefixes)
 
 
 class Model(nn.Module):
@@ -283,7 +322,7 @@ class Model(nn.Module):
     Returns float32 logits [B, T, V]; the head's output when `head` is set
     (it gets the hidden state, the mask and no pooler output: use pooling
     "last" or "mean"); the final-normed hidden state [B, T, D] with
-    `return_hidden=True`.
+    `return_hidden=True`; with a KV `cache` (generation), (hidden, new cache).
     """
 
     config: Config
@@ -308,7 +347,11 @@ class Model(nn.Module):
         deterministic: bool = True,
         positions_BxT: jax.Array | None = None,
         return_hidden: bool = False,
+        cache: dict | None = None,
+        prefill: bool = True,
     ) -> jax.Array:
+        if cache is not None:  # generation: (hidden [B, T, D], cache); logits of chosen positions via `logits`
+            return self.model(input_ids_BxT, attention_mask_BxT, deterministic, positions_BxT, cache, prefill)
         h_BxTxD = self.model(input_ids_BxT, attention_mask_BxT, deterministic, positions_BxT)
         logits_BxTxV = None
         # init always builds lm_head, so the param tree matches the checkpoint whatever is returned
@@ -325,5 +368,6 @@ class Model(nn.Module):
     def logits(self, h_BxTxD: jax.Array, deterministic: bool = True) -> jax.Array:
         if self.config.tie_word_embeddings:
             embedding_VxD = self.model.embed_tokens.embedding
-            return jnp.dot(h_BxTxD.astype(jnp.float32), embedding_VxD.astype(jnp.float32).T)
+            # contract over D directly: a transposed [D, V] operand made XLA:CPU copy the table per call
+            return jnp.einsum("btd,vd->btv", h_BxTxD.astype(jnp.float32), embedding_VxD.astype(jnp.float32))
         return self.lm_head(h_BxTxD, deterministic)

@@ -191,6 +191,11 @@ def prompt(module, w_BxTxD, mask_BxT, table_VxD):
     return PromptPool(module.adapters, name="prompt_tuning")(w_BxTxD, mask_BxT, table_VxD)
 
 
+def prompt_length(module) -> int:
+    """How many soft-prompt positions `prompt` puts in front of the tokens (0 without prompt adapters)."""
+    return sum(c.prompt_length for _, c in _active(module, PromptTuning))
+
+
 def prefixes(module, n_layers, n_kv_heads, head_dim, hidden, batch, deterministic):
     """Per-layer (keys, values) [B, P, N, K] of the active prefix adapters (None for a left-out layer), or None.
 

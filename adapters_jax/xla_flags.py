@@ -1,49 +1,85 @@
-"""The library's XLA:CPU defaults, applied on import (before JAX creates its CPU client).
+"""XLA:CPU flags chosen per model family, applied by an entry point that asks for them (never on import).
 
-Dots go to oneDNN, one dot per oneDNN call (`--xla_cpu_use_onednn=true
---xla_cpu_experimental_onednn_fusion_type=individual_dot`), not to XLA:CPU's
-default YNNPACK fusions. Measured on the 2-core AVX-512 machine of
-bench/results (MiniLM-L6, batch 32, seq 128, float32, one process per run,
-interleaved): full fine-tuning 2.76-2.97 -> 2.44-2.47 s/step, Houlsby
-2.09-2.23 -> 1.83-1.86 s/step (bench/results/README.md has the tables).
+    from adapters_jax import xla_flags
+    xla_flags.apply_for(config.model)   # before the first JAX computation in the process
+    xla_flags.current()                 # what was chosen here and why (loop.run records it in report.json)
 
-Why `individual_dot` and not oneDNN's `dot` fusion type (which also fuses a
-dot's elementwise producers): with jax 0.10.2, `dot` fusions whose dot
-consumes an elementwise product (mean pooling then the classifier, or a dot
-followed by a masked sum) fail oneDNN Graph's partition compile ("partition
-compile failed", then the process dies with SIGILL). Minimal case:
-`((h * m[..., None]).sum(1) / n) @ w`. That killed our evaluation step; the
-`individual_dot` path compiles it (tests/test_xla_flags.py runs both patterns).
+Encoder (BERT-family) models get oneDNN dots, one dot per oneDNN call (ONEDNN). Llama-family models
+(a .gguf file, or a config.json whose model_type is llama, mistral or qwen2: models.FAMILIES) and models
+whose family cannot be read get XLA:CPU's defaults. docs/xla_flags.md has the measurements behind the
+choice and the crash that rules out oneDNN's `dot` fusion type.
 
-Not for every model: on SmolLM2-135M (causal LM, 49k-token vocabulary) the LM
-loss's [128, 576] x [576, 49152] products run at half speed under oneDNN and a
-Houlsby step was 13% slower in a same-session A/B (bench/results/README.md);
-train causal LMs on a CPU with ADAPTERS_JAX_ONEDNN=0.
-
-ADAPTERS_JAX_ONEDNN=0 turns this off (XLA:CPU's own defaults). A flag already
-named in XLA_FLAGS is never overridden. Nothing changes if a JAX backend
-already exists when adapters_jax is imported (XLA reads XLA_FLAGS once), nor on
-GPU/TPU, where these flags are inert.
+ADAPTERS_JAX_ONEDNN=1 or 0 forces the choice. A flag already named in XLA_FLAGS is never overridden.
+XLA reads XLA_FLAGS once, when JAX creates its backend, so flags set after the first JAX computation have
+no effect; importing jax or adapters_jax computes nothing. On GPU/TPU these flags are inert.
 """
 from __future__ import annotations
 
+import json
 import os
-import sys
+from pathlib import Path
+
+from adapters_jax.data import assets
+from adapters_jax.errors import AdaptersJaxError, ConfigError
+from adapters_jax.models import FAMILIES
 
 ONEDNN = ("--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn_fusion_type=individual_dot")
+KIND_OF_FAMILY = {"bert": "encoder", "llama": "decoder"}  # models.FAMILIES' module -> what decides the flags
+ENV = "ADAPTERS_JAX_ONEDNN"
+
+_chosen: dict | None = None
 
 
-def _backend_started() -> bool:
-    bridge = sys.modules.get("jax._src.xla_bridge")
-    return bool(getattr(bridge, "_backends", None))
+def family(model: str) -> tuple[str, str]:
+    """("encoder" | "decoder" | "unknown", why) for an asset name, HF-format directory or .gguf file.
+
+    Reads the .gguf suffix or config.json's model_type; an asset is looked up in the catalog (a .gguf
+    asset is decided from its file name, a directory asset is fetched, as loading it would). JAX-free.
+    """
+    path = Path(model)
+    if not path.exists() and not model.endswith(".gguf"):
+        try:
+            asset = assets.get(model)
+            if asset.main and asset.main.endswith(".gguf"):
+                return "decoder", f"asset {model} is a GGUF file ({asset.main}): Llama family"
+            path = assets.fetch(model)
+        except (AdaptersJaxError, OSError) as e:
+            return "unknown", f"{model!r} cannot be read ({e})"
+    if path.suffix == ".gguf":
+        return "decoder", f"{path.name} is a GGUF file: Llama family"
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as e:
+        return "unknown", f"no readable {path / 'config.json'} ({type(e).__name__})"
+    module = FAMILIES.get(model_type, "").rpartition(".")[2]
+    if module not in KIND_OF_FAMILY:
+        return "unknown", f"config.json model_type {model_type!r} is not a supported family"
+    return KIND_OF_FAMILY[module], f"config.json model_type {model_type!r}: {module} family"
 
 
-def apply() -> list[str]:
-    """Unless ADAPTERS_JAX_ONEDNN=0, append the oneDNN flags the user did not name; returns what was added."""
-    if os.environ.get("ADAPTERS_JAX_ONEDNN", "1") == "0" or _backend_started():
-        return []
-    flags = os.environ.get("XLA_FLAGS", "")
-    added = [f for f in ONEDNN if f.split("=")[0] not in flags]
+def apply_for(model: str) -> dict:
+    """Choose and set XLA_FLAGS for `model` (see the module docstring); returns what `current()` returns."""
+    global _chosen
+    fam, why = family(str(model))
+    forced = os.environ.get(ENV)
+    if forced not in (None, "", "0", "1"):
+        raise ConfigError(f"{ENV}={forced!r}; set it to 1 (oneDNN dots), 0 (XLA's defaults) or leave it unset")
+    if forced in ("0", "1"):
+        onednn, why = forced == "1", f"{ENV}={forced} ({why})"
+    else:
+        onednn = fam == "encoder"
+    user = os.environ.get("XLA_FLAGS", "")
+    added = [f for f in ONEDNN if f.split("=")[0] not in user] if onednn else []
     if added:
-        os.environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
-    return added
+        os.environ["XLA_FLAGS"] = " ".join([user, *added]).strip()
+    _chosen = {"model": str(model), "family": fam, "onednn": onednn, "reason": why, "user_xla_flags": user,
+               "added": added, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    return dict(_chosen)
+
+
+def current() -> dict:
+    """What apply_for chose in this process and why; if it was not called, XLA_FLAGS as the process found it."""
+    if _chosen is None:
+        return {"model": None, "family": None, "onednn": None, "reason": "xla_flags.apply_for was not called",
+                "added": [], "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    return dict(_chosen)

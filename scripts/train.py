@@ -3,6 +3,9 @@
     --workdir DIR   run directory (default runs/<config>-<adapter>-seed<seed>-<time>), printed at start
     --resume        continue from the latest complete checkpoint in --workdir
 
+XLA:CPU flags are chosen for the model's family before JAX starts (adapters_jax/xla_flags.py;
+ADAPTERS_JAX_ONEDNN=0/1 forces) and recorded in report.json.
+
 Multi-host (docs/parallel.md): run the same command on every host, with
     --multihost                       join JAX's multi-controller runtime (TPU pods, SLURM: found automatically)
     --coordinator_address HOST:PORT   process 0's address (or $JAX_COORDINATOR_ADDRESS)
@@ -37,6 +40,9 @@ def main(argv):
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
+    from adapters_jax import xla_flags
+
+    xla_flags.apply_for(FLAGS.config.model)  # before anything touches JAX: XLA reads XLA_FLAGS once
     from adapters_jax.train import loop, parallel
 
     env = {k: os.environ.get(f"JAX_{k.upper()}") for k in ("num_processes", "process_id")}

@@ -11,11 +11,18 @@ Retention: the last `keep` checkpoints plus the best one by a metric (Orbax
 preservation policies, combined with "any": the best rule never deletes the
 latest). Saves are asynchronous; `wait()` blocks until the last one is on disk.
 Restoring checks the metadata first and refuses another adapter setup or base
-by name.
+by name. A checkpoint may also hold the run's best-so-far evaluation (`best`),
+so a resumed run continues from the record that matches its state.
+
+`write_json` writes the small files beside the checkpoints (best.json,
+report.json) atomically: a reader sees the old file or the new one, never a part.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import jax
@@ -41,20 +48,17 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             create=True,
         )
-        self.mgr = ocp.CheckpointManager(self.dir, options=options, item_names=("state", "data", "meta"))
+        self.mgr = ocp.CheckpointManager(self.dir, options=options, item_names=("state", "data", "meta", "best"))
 
-    def save(self, state: dict, data_position: dict, metrics: dict | None = None, force: bool = True) -> int:
+    def save(self, state: dict, data_position: dict, metrics: dict | None = None, force: bool = True,
+             best: dict | None = None) -> int:
+        """Save `state` at its step (asynchronously unless async_save=False); `best`: the run's best-so-far record."""
         step = int(jax.device_get(state["step"]))
-        self.mgr.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(data_position),
-                meta=ocp.args.JsonSave(self.meta),
-            ),
-            metrics=metrics,
-            force=force,
-        )
+        items = {"state": ocp.args.StandardSave(state), "data": ocp.args.JsonSave(data_position),
+                 "meta": ocp.args.JsonSave(self.meta)}
+        if best is not None:
+            items["best"] = ocp.args.JsonSave(best)
+        self.mgr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
         return step
 
     def wait(self):
@@ -89,6 +93,12 @@ class Checkpointer:
                                   f"({type(e).__name__}: {e}); it was left as it is") from e
         return out["state"], out["data"], meta
 
+    def saved_best(self, step: int) -> dict | None:
+        """The best-so-far record saved with checkpoint `step`; None if it holds none."""
+        if not (self.dir / str(step) / "best").is_dir():
+            return None
+        return self.mgr.restore(step, args=ocp.args.Composite(best=ocp.args.JsonRestore()))["best"]
+
 
 def check_meta(saved: dict, current: dict, where) -> None:
     for key in MUST_MATCH:
@@ -97,3 +107,19 @@ def check_meta(saved: dict, current: dict, where) -> None:
                 f"{where} was written with {key}={json.dumps(saved[key])}, but this run has "
                 f"{key}={json.dumps(current[key])}; resume with the same setup or use another --workdir"
             )
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write `obj` as JSON to `path` through a temporary file and os.replace (atomic on POSIX)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

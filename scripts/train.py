@@ -60,10 +60,13 @@ def main(argv):
     except (loop.TrainingError, loop.ckpt_lib.CheckpointError, parallel.ParallelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    acc = report["test_accuracy"]
-    result = (f"test accuracy {acc * 100:.2f}% (at best validation {report['val_accuracy'] * 100:.2f}%, "
-              f"step {report['best_step']})" if acc is not None else f"stopped at step {report['steps']} before "
-              "any evaluation")
+    acc, val, step = report["test_accuracy"], report["val_accuracy"], report["best_step"]
+    if acc is None:
+        result = f"stopped at step {report['steps']} before any evaluation"
+    elif val is None:
+        result = f"test accuracy {acc * 100:.2f}% (step {step}; no validation split, so the last evaluation)"
+    else:
+        result = f"test accuracy {acc * 100:.2f}% (at best validation {val * 100:.2f}%, step {step})"
     print(f"{result}; trainable {report['trainable_params']:,} params = "
           f"{report['trainable_share']:.2f}% of the model; train {report['train_s']:.0f}s, "
           f"compile {report['compile_s']:.0f}s, wall {report['wall_s']:.0f}s; {workdir}/report.json")

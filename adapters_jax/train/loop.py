@@ -2,10 +2,15 @@
 
     report = loop.run(config, workdir, resume=False)
 
-Per run directory: checkpoints/ (Orbax, adapter-only), metrics.jsonl, tb/
-(TensorBoard events), report.json. The compiled step sees one shape per length
-bucket; every shape is compiled ahead of time (timed as compile_s), so the
-steady state never recompiles and train_s is pure stepping.
+`run` is the story: prepare (model, data, optimizer, state, checkpointer), resume
+or refuse an occupied workdir, compile every shape ahead of time, the step loop
+(evaluating and saving on schedule), the report. The compiled step sees one
+shape per length bucket, each compiled before the first step (timed as
+compile_s), so the steady state never recompiles and train_s is pure stepping.
+
+Per run directory: checkpoints/ (Orbax, adapter-only, each with the best
+evaluation so far), best.json, metrics.jsonl, tb/ (TensorBoard events),
+report.json (which also records the data split rule and the XLA flags).
 
 config.strategy picks where the state lives (train/parallel.py): "single"
 (default), "pmap" or "mesh". On several hosts each process runs this same loop
@@ -14,6 +19,10 @@ and a preemption stops every host at the same step, which they all save.
 """
 from __future__ import annotations
 
+import collections
+import contextlib
+import dataclasses
+import importlib.metadata
 import json
 import math
 import os
@@ -21,32 +30,35 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import adapters_jax as aj
 from adapters_jax import checkpoint as ckpt_lib
+from adapters_jax import xla_flags
+from adapters_jax.adapters import add_adapters
+from adapters_jax.configs import to_string
 from adapters_jax.data import tasks, tokenize
-from adapters_jax.models import release_host_memory
 from adapters_jax.data.batching import Batches, eval_batches
-from adapters_jax.partition import param_report, split
+from adapters_jax.models import heads, load, release_host_memory
+from adapters_jax.partition import labels as make_labels, param_report, split
 from adapters_jax.train import optimizer as opt_lib
 from adapters_jax.train import parallel
-from adapters_jax.train.step import init_state, make_eval_step, make_train_step
-from adapters_jax.errors import TrainingError  # noqa: F401  (re-exported)
-
-BATCH_KEYS = ("input_ids", "attention_mask", "labels", "example_mask", "index")
+from adapters_jax.train.step import BATCH_KEYS, batch_spec, init_state, make_eval_step, make_train_step
+from adapters_jax.errors import ConfigError, TrainingError  # noqa: F401  (TrainingError re-exported)
 
 
-def _git_commit() -> str | None:
-    try:
-        root = Path(__file__).resolve().parents[2]
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or None
-    except Exception:
-        return None
+def _provenance() -> dict:
+    """The installed library version and this checkout's git commit (None where unknown)."""
+    out = {"adapters_jax": None, "git_commit": None}
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        out["adapters_jax"] = importlib.metadata.version("adapters_jax")
+    with contextlib.suppress(Exception):
+        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[2],
+                                           capture_output=True, text=True, timeout=5).stdout.strip() or None
+    return out
 
 
 def train_rules(config) -> list[tuple[str, str]]:
@@ -58,31 +70,19 @@ def train_rules(config) -> list[tuple[str, str]]:
 
 def build(config):
     """(base, task, model, params, labels) for a config: the parts every entry point shares."""
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype]
-    base = aj.load(config.model, dtype=dtype, **dict(config.get("model_overrides", {})))
+    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+    if config.dtype not in dtypes:
+        raise ConfigError(f"dtype {config.dtype!r}; choose one of {sorted(dtypes)}")
+    dtype = dtypes[config.dtype]
+    base = load(config.model, dtype=dtype, **dict(config.get("model_overrides", {})))
     file_kw = {k: v for k, v in config.task_kwargs.items() if v is not None}  # for local files / hub sets
     task = tasks.load(config.task) if config.task in tasks.names() else tasks.load(config.task, **file_kw)
-    head = aj.heads.Classification(len(task.label_names), pooling=config.head.pooling,
-                                   hidden_layers=config.head.hidden_layers, dropout=config.head.dropout)
+    head = heads.Classification(len(task.label_names), pooling=config.head.pooling,
+                                hidden_layers=config.head.hidden_layers, dropout=config.head.dropout)
     spec = config.adapter if config.adapter not in ("", "none") else None
-    model, params = aj.add_adapters(base, spec, name=config.adapter_name, head=head,
-                                    rng=jax.random.PRNGKey(config.seed))
-    labels = aj.labels(model, params, extra=train_rules(config))
+    model, params = add_adapters(base, spec, name=config.adapter_name, head=head, rng=jax.random.PRNGKey(config.seed))
+    labels = make_labels(model, params, extra=train_rules(config))
     return base, task, model, params, labels
-
-
-def make_optimizer(config, trainable_labels, total_steps: int):
-    o = config.optimizer
-    return opt_lib.make(trainable_labels, lr=o.lr, total_steps=total_steps, warmup=o.warmup, kind=o.schedule,
-                        weight_decay=o.weight_decay, clip_norm=o.clip_norm, group_lr=dict(o.group_lr),
-                        sgd=o.name == "sgd")
-
-
-def _batch_spec(b: int, length: int):
-    i32 = jnp.int32
-    return {"input_ids": jax.ShapeDtypeStruct((b, length), i32), "attention_mask": jax.ShapeDtypeStruct((b, length), i32),
-            "labels": jax.ShapeDtypeStruct((b,), i32), "example_mask": jax.ShapeDtypeStruct((b,), jnp.bool_),
-            "index": jax.ShapeDtypeStruct((b,), i32)}
 
 
 def _lengths(config) -> list[int]:
@@ -122,178 +122,266 @@ def evaluate(eval_fn, trainable, frozen, enc, config, pad_id, strategy=None) -> 
     return {"accuracy": totals["correct"] / n, "loss": totals["loss_sum"] / n, "count": int(totals["count"])}
 
 
-def run(config, workdir: str | Path, resume: bool = False) -> dict:
-    t_start = time.time()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    print(f"workdir: {workdir.resolve()}", flush=True)
+@dataclasses.dataclass
+class Run:
+    """What one run is built from: prepared once, read by every later stage."""
 
+    config: Any
+    workdir: Path
+    primary: bool  # process 0 writes the logs, best.json and the report
+    task: tasks.Task
+    model: Any
+    params: Any  # the parameter report (trainable / total)
+    strategy: Any
+    optimizer: Any
+    frozen: Any
+    enc: dict  # split -> tokenized examples
+    pad_id: int
+    batches: Batches
+    total_steps: int
+    eval_every: int
+    checkpointer: ckpt_lib.Checkpointer
+
+
+@dataclasses.dataclass
+class Progress:
+    """What the step loop advances: the step, the best evaluation so far and the time and token counters."""
+
+    step: int
+    best: dict
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+
+
+Compiled = collections.namedtuple("Compiled", "train eval seconds")  # length -> compiled step; compile time
+NO_BEST = {"val_accuracy": -1.0, "test_accuracy": None, "step": None}
+
+
+def run(config, workdir: str | Path, resume: bool = False) -> dict:
+    """Train as `config` says in `workdir` (continuing its latest checkpoint if `resume`); returns the report."""
+    t_start = time.time()
+    (workdir := Path(workdir)).mkdir(parents=True, exist_ok=True)
+    print(f"workdir: {workdir.resolve()}", flush=True)
+    r, state = prepare(config, workdir)
+    try:
+        state, best = resume_or_refuse(r, state, resume)
+        fns = compile_steps(r, state)
+        with open_log(workdir, r.primary) as log:
+            state, progress = train(r, fns, state, best, log)
+        report = make_report(r, fns, progress, wall_s=time.time() - t_start)
+        if r.primary:
+            ckpt_lib.write_json(workdir / "report.json", report)
+    finally:
+        r.checkpointer.close()  # waits for a save still in flight
+    return report
+
+
+def prepare(config, workdir: Path) -> tuple[Run, dict]:
+    """The run's parts and its initial train state: model, data, optimizer, strategy, checkpointer."""
     base, task, model, params, labels = build(config)
     strategy = parallel.make(config)
-    primary = jax.process_index() == 0
+    check_batch_sizes(config, strategy)
     report0 = param_report(params, labels)
     print(f"{config.model} + {config.adapter or 'no adapter'}: {report0}", flush=True)
     trainable, frozen = split(params, labels)
     trainable_labels, _ = split(labels, labels)
     del params
-
-    tokenizer = base.tokenizer
+    if (tokenizer := base.tokenizer) is None:
+        raise ConfigError(f"{config.model} has no tokenizer (tokenizer.json, vocab.txt or tokenizer_config.json)")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     enc = tokenize.encode_task(task, tokenizer, config.max_length)
-    train_batches = Batches(enc["train"].ids, enc["train"].labels, config.batch_size, padding=config.padding,
-                            buckets=_lengths(config), max_length=config.max_length, pad_id=pad_id,
-                            seed=config.seed, shuffle=True, drop_last=True, group_by_length=config.group_by_length,
-                            process_index=jax.process_index(), process_count=jax.process_count())
+    batches = Batches(enc["train"].ids, enc["train"].labels, config.batch_size, padding=config.padding,
+                      buckets=_lengths(config), max_length=config.max_length, pad_id=pad_id,
+                      seed=config.seed, shuffle=True, drop_last=True, group_by_length=config.group_by_length,
+                      process_index=jax.process_index(), process_count=jax.process_count())
     steps_per_epoch = len(enc["train"].labels) // config.batch_size
     total_steps = config.max_steps or config.epochs * steps_per_epoch
-    eval_every = config.eval_every or steps_per_epoch
+    optimizer = opt_lib.from_config(config.optimizer, trainable_labels, total_steps)
+    state = strategy.init_state(trainable, optimizer, config.seed)
+    checkpointer = ckpt_lib.Checkpointer(workdir, run_meta(config, base, task, model), keep=config.checkpoint.keep,
+                                         best_metric="val_accuracy" if config.checkpoint.keep_best else None,
+                                         async_save=config.checkpoint.async_save)
+    r = Run(config=config, workdir=workdir, primary=jax.process_index() == 0, task=task, model=model,
+            params=report0, strategy=strategy, optimizer=optimizer, frozen=strategy.put_frozen(frozen), enc=enc,
+            pad_id=pad_id, batches=batches, total_steps=total_steps,
+            eval_every=config.eval_every or steps_per_epoch, checkpointer=checkpointer)
+    return r, state
 
-    b_local, eval_b_local = config.batch_size // jax.process_count(), config.eval_batch_size // jax.process_count()
+
+def check_batch_sizes(config, strategy) -> None:
+    """Each process's slice of a batch splits evenly over its devices."""
     for what, b in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
         if b % (jax.process_count() * strategy.batch_divisor):
             raise TrainingError(f"{what}={b} does not split over {jax.process_count()} process(es) x "
                                 f"{strategy.batch_divisor} batch shard(s) per process (strategy {strategy.name}); "
                                 "choose a multiple")
-    optimizer = make_optimizer(config, trainable_labels, total_steps)
-    state = strategy.init_state(trainable, optimizer, config.seed)
-    frozen = strategy.put_frozen(frozen)
 
-    meta = {
-        "adapter": config.adapter, "adapter_setup": aj.configs.to_string(
+
+def run_meta(config, base, task, model) -> dict:
+    """What every checkpoint records about the run (checkpoint.MUST_MATCH says which keys a resume checks)."""
+    return {
+        "adapter": config.adapter, "adapter_setup": to_string(
             model.adapters.get(config.adapter_name).methods) if model.adapters.adapters else None,
         "adapter_name": config.adapter_name, "train_rules": [list(r) for r in train_rules(config)],
         "task": task.name, "label_names": list(task.label_names), "seed": config.seed, "model": config.model,
-        "base_fingerprint": base.fingerprint, "git_commit": _git_commit(), "adapters_jax": aj.__version__,
-        "jax": jax.__version__, "config": json.loads(config.to_json()),
+        "base_fingerprint": base.fingerprint, **_provenance(), "jax": jax.__version__,
+        "config": json.loads(config.to_json()),
     }
-    checkpointer = ckpt_lib.Checkpointer(workdir, meta, keep=config.checkpoint.keep,
-                                         best_metric="val_accuracy" if config.checkpoint.keep_best else None,
-                                         async_save=config.checkpoint.async_save)
-    best = {"val_accuracy": -1.0, "test_accuracy": None, "step": None}
-    if resume:
-        restored, position, _ = checkpointer.restore(strategy.restore_target(state))
-        state = strategy.from_global(restored)
-        train_batches.restore(position)
-        best_file = workdir / "best.json"
-        if best_file.exists():
-            best = json.loads(best_file.read_text())
-        print(f"resumed from step {int(restored['step'])}", flush=True)
-    elif checkpointer.latest_step() is not None:
-        raise TrainingError(f"{checkpointer.dir} already holds checkpoints (latest step "
-                            f"{checkpointer.latest_step()}); pass --resume to continue, or choose another --workdir")
 
-    # Compile every shape ahead of time: the steady state never recompiles.
-    t_compile = time.time()
-    train_jit = strategy.jit_train(make_train_step(model, optimizer, axis_name=strategy.axis_name))
-    eval_jit = strategy.jit_eval(make_eval_step(model))
-    train_fns = {n: train_jit.lower(state, frozen, strategy.batch_spec(_batch_spec(b_local, n))).compile()
-                 for n in _lengths(config)}
-    eval_fns = {n: eval_jit.lower(state["trainable"], frozen, strategy.batch_spec(_batch_spec(eval_b_local, n)))
-                .compile() for n in _lengths(config)}
-    compile_s = time.time() - t_compile
-    print(f"compiled {len(train_fns)} train and {len(eval_fns)} eval shapes in {compile_s:.1f}s", flush=True)
+
+def resume_or_refuse(r: Run, state: dict, resume: bool) -> tuple[dict, dict]:
+    """(state, best so far): the latest checkpoint's if `resume`, else the fresh state, refusing a used workdir."""
+    if not resume:
+        if (latest := r.checkpointer.latest_step()) is not None:
+            raise TrainingError(f"{r.checkpointer.dir} already holds checkpoints (latest step {latest}); "
+                                "pass --resume to continue, or choose another --workdir")
+        return state, dict(NO_BEST)
+    restored, position, _ = r.checkpointer.restore(r.strategy.restore_target(state))
+    step = int(restored["step"])
+    r.batches.restore(position)
+    print(f"resumed from step {step}", flush=True)
+    return r.strategy.from_global(restored), r.checkpointer.saved_best(step) or dict(NO_BEST)
+
+
+def compile_steps(r: Run, state: dict) -> Compiled:
+    """Every train and eval shape (one per length bucket), compiled ahead of time: stepping never recompiles."""
+    t0 = time.time()
+    b_train, b_eval = (b // jax.process_count() for b in (r.config.batch_size, r.config.eval_batch_size))
+    spec = lambda b, n: r.strategy.batch_spec(batch_spec(b, n))  # noqa: E731
+    train_jit = r.strategy.jit_train(make_train_step(r.model, r.optimizer, axis_name=r.strategy.axis_name))
+    eval_jit = r.strategy.jit_eval(make_eval_step(r.model))
+    lengths = _lengths(r.config)
+    train_fns = {n: train_jit.lower(state, r.frozen, spec(b_train, n)).compile() for n in lengths}
+    eval_fns = {n: eval_jit.lower(state["trainable"], r.frozen, spec(b_eval, n)).compile() for n in lengths}
+    fns = Compiled(train_fns, eval_fns, time.time() - t0)
+    print(f"compiled {len(train_fns)} train and {len(eval_fns)} eval shapes in {fns.seconds:.1f}s", flush=True)
     release_host_memory()  # the loader's and compiler's freed heap, before the steps' buffers come on top
+    return fns
 
-    metrics_file = (workdir / "metrics.jsonl").open("a") if primary else open(os.devnull, "w")
+
+@contextlib.contextmanager
+def open_log(workdir: Path, primary: bool):
+    """log(kind, step, values) into metrics.jsonl and TensorBoard scalars; only process 0 writes to disk."""
     from tensorboardX import SummaryWriter
 
     tb = SummaryWriter(str(workdir / "tb"), write_to_disk=primary)
+    with (workdir / "metrics.jsonl").open("a") if primary else open(os.devnull, "w") as f:
+        def log(kind: str, step: int, values: dict):
+            f.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
+            f.flush()
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    tb.add_scalar(f"{kind}/{k}", v, step)
 
-    def log(kind: str, step: int, values: dict):
-        metrics_file.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
-        metrics_file.flush()
-        for k, v in values.items():
-            if isinstance(v, (int, float)):
-                tb.add_scalar(f"{kind}/{k}", v, step)
+        try:
+            yield log
+        finally:
+            tb.close()
 
-    def do_eval(step: int):
-        nonlocal best
-        val = evaluate(eval_fns.get, state["trainable"], frozen, enc["validation"], config, pad_id, strategy)
-        out = {"val_accuracy": val["accuracy"], "val_loss": val["loss"]}
-        if val["accuracy"] > best["val_accuracy"]:
-            test = evaluate(eval_fns.get, state["trainable"], frozen, enc["test"], config, pad_id, strategy)
-            best = {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"], "step": step}
-            out["test_accuracy"] = test["accuracy"]
-            if primary:
-                (workdir / "best.json").write_text(json.dumps(best))
-        log("eval", step, out)
-        if primary:
-            print(f"step {step}: val acc {val['accuracy']:.4f}" +
-                  (f", test acc {out['test_accuracy']:.4f}" if "test_accuracy" in out else ""), flush=True)
-        return out
 
+def train(r: Run, fns: Compiled, state: dict, best: dict, log) -> tuple[dict, Progress]:
+    """Step to total_steps (or to a SIGTERM / preemption, saving there), evaluating and saving on schedule."""
     from tqdm import tqdm
 
+    config = r.config
+    p = Progress(step=int(r.strategy.scalars({"step": state["step"]})["step"]), best=best)
     # one host: SIGTERM sets a flag; several: JAX's preemption service catches it and picks the step
     stop = _Stop() if jax.process_count() == 1 else None
-    step = int(strategy.scalars({"step": state["step"]})["step"])
-    train_s = eval_s = 0.0
-    real_tokens = padded_tokens = 0
-    kill_at = config.fault.sigkill_at_step
-    it = iter(train_batches)
-    bar = tqdm(total=total_steps, initial=step, disable=not (config.progress and primary), dynamic_ncols=True)
+    batches = iter(r.batches)
+    bar = tqdm(total=r.total_steps, initial=p.step, disable=not (config.progress and r.primary), dynamic_ncols=True)
     try:
-        while step < total_steps:
-            batch = next(it)
-            t0 = time.time()
-            state, m = train_fns[batch["input_ids"].shape[1]](state, frozen,
-                                                              strategy.put_batch({k: batch[k] for k in BATCH_KEYS}))
-            m = strategy.scalars(m)
-            loss = m["loss"]
-            train_s += time.time() - t0
-            step += 1
-            real_tokens += int(batch["attention_mask"].sum())
-            padded_tokens += batch["input_ids"].size
-            if not math.isfinite(loss):
-                kept = checkpointer.latest_step()
-                raise TrainingError(f"loss is {loss} at step {step}; stopping. The last good checkpoint "
-                                    f"({'step ' + str(kept) if kept is not None else 'none yet'}) is kept as it was")
+        while p.step < r.total_steps:
+            state, m = train_step(r, fns, state, next(batches), p)
+            if not math.isfinite(m["loss"]):
+                raise nan_error(r, m["loss"], p.step)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{real_tokens / max(train_s, 1e-9):.0f}")
-            if step % config.log_every == 0 or step == total_steps:
-                log("train", step, {"loss": loss, "grad_norm": m["grad_norm"],
-                                    "tokens_per_s": real_tokens / max(train_s, 1e-9)})
+            bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{p.real_tokens / max(p.train_s, 1e-9):.0f}")
+            if p.step % config.log_every == 0 or p.step == r.total_steps:
+                log("train", p.step, {"loss": m["loss"], "grad_norm": m["grad_norm"],
+                                      "tokens_per_s": p.real_tokens / max(p.train_s, 1e-9)})
             evaluated = None
-            if step % eval_every == 0 or step == total_steps:
-                t0 = time.time()
-                evaluated = do_eval(step)
-                eval_s += time.time() - t0
-            stopping = parallel.should_stop(step, stop is not None and stop.requested)
-            if evaluated is not None or (config.checkpoint.every and step % config.checkpoint.every == 0) \
-                    or stopping:
-                checkpointer.save(strategy.to_global(state), train_batches.state(),
-                                  metrics={"val_accuracy": evaluated["val_accuracy"]} if evaluated else None)
-            if kill_at and step == kill_at:  # fault injection for the crash-safety tests
-                if not config.fault.kill_during_save:
-                    checkpointer.wait()
-                os.kill(os.getpid(), signal.SIGKILL)
+            if p.step % r.eval_every == 0 or p.step == r.total_steps:
+                evaluated = evaluate_and_track_best(r, fns, state, p, log)
+            stopping = parallel.should_stop(p.step, stop is not None and stop.requested)
+            if evaluated or stopping or (config.checkpoint.every and p.step % config.checkpoint.every == 0):
+                save(r, state, p, evaluated)
             if stopping:
-                checkpointer.wait()
-                print(f"SIGTERM: saved step {step}, exiting", flush=True)
+                r.checkpointer.wait()
+                print(f"SIGTERM: saved step {p.step}, exiting", flush=True)
                 break
-        checkpointer.wait()
+        r.checkpointer.wait()
     finally:
         bar.close()
         if stop is not None:
             stop.restore()
-        metrics_file.close()
-        tb.close()
+    return state, p
 
-    report = {
-        "task": task.name, "adapter": config.adapter or "none", "model": config.model, "seed": config.seed,
-        "trainable_params": report0.trainable, "total_params": report0.total,
-        "trainable_share": report0.share, "val_accuracy": best["val_accuracy"],
-        "test_accuracy": best["test_accuracy"], "best_step": best["step"], "steps": step,
-        "completed": step >= total_steps, "wall_s": time.time() - t_start, "train_s": train_s,
-        "eval_s": eval_s, "compile_s": compile_s, "tokens_per_s": real_tokens / max(train_s, 1e-9),
-        "padded_tokens_per_s": padded_tokens / max(train_s, 1e-9), "devices": jax.device_count(),
-        "platform": jax.devices()[0].platform, "strategy": strategy.name, "processes": jax.process_count(),
-        "mesh": dict(strategy.sizes) if strategy.name == "mesh" else None,
+
+def train_step(r: Run, fns: Compiled, state: dict, batch: dict, p: Progress) -> tuple[dict, dict]:
+    t0 = time.time()
+    state, m = fns.train[batch["input_ids"].shape[1]](state, r.frozen,
+                                                      r.strategy.put_batch({k: batch[k] for k in BATCH_KEYS}))
+    m = r.strategy.scalars(m)
+    p.train_s += time.time() - t0
+    p.step += 1
+    p.real_tokens += int(batch["attention_mask"].sum())
+    p.padded_tokens += batch["input_ids"].size
+    return state, m
+
+
+def nan_error(r: Run, loss: float, step: int) -> TrainingError:
+    r.checkpointer.wait()  # a save still in flight holds the last good state: let it land before naming it
+    kept = r.checkpointer.latest_step()
+    return TrainingError(f"loss is {loss} at step {step}; stopping. The last good checkpoint "
+                         f"({'step ' + str(kept) if kept is not None else 'none yet'}) is kept as it was")
+
+
+def evaluate_and_track_best(r: Run, fns: Compiled, state: dict, p: Progress, log) -> dict:
+    """Validation metrics now; a new best validation accuracy also gets the test split and best.json.
+    A task without a validation split (validation="none") gets the test split every time: the best is the last."""
+    t0 = time.time()
+    def ev(split):
+        return evaluate(fns.eval.get, state["trainable"], r.frozen, r.enc[split], r.config, r.pad_id, r.strategy)
+
+    out = {}
+    if "validation" in r.enc:
+        val = ev("validation")
+        out = {"val_accuracy": val["accuracy"], "val_loss": val["loss"]}
+    if "validation" not in r.enc or out["val_accuracy"] > p.best["val_accuracy"]:
+        out["test_accuracy"] = ev("test")["accuracy"]
+        p.best = {"val_accuracy": out.get("val_accuracy"), "test_accuracy": out["test_accuracy"], "step": p.step}
+        if r.primary:
+            ckpt_lib.write_json(r.workdir / "best.json", p.best)
+    p.eval_s += time.time() - t0
+    log("eval", p.step, out)
+    if r.primary:
+        print(f"step {p.step}: " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in out.items()), flush=True)
+    return out
+
+
+def save(r: Run, state: dict, p: Progress, evaluated: dict | None) -> None:
+    """Checkpoint the state, the data position and the best so far (the best rule keeps the top val_accuracy)."""
+    metrics = {"val_accuracy": evaluated["val_accuracy"]} if evaluated and "val_accuracy" in evaluated else None
+    r.checkpointer.save(r.strategy.to_global(state), r.batches.state(), metrics=metrics, best=p.best)
+
+
+def make_report(r: Run, fns: Compiled, p: Progress, wall_s: float) -> dict:
+    config, per_s = r.config, max(p.train_s, 1e-9)
+    return {
+        "task": r.task.name, "adapter": config.adapter or "none", "model": config.model, "seed": config.seed,
+        "split_rule": r.task.split_rule, "split_counts": r.task.split_counts,
+        "trainable_params": r.params.trainable, "total_params": r.params.total,
+        "trainable_share": r.params.share, "val_accuracy": p.best["val_accuracy"],
+        "test_accuracy": p.best["test_accuracy"], "best_step": p.best["step"], "steps": p.step,
+        "completed": p.step >= r.total_steps, "wall_s": wall_s, "train_s": p.train_s,
+        "eval_s": p.eval_s, "compile_s": fns.seconds, "tokens_per_s": p.real_tokens / per_s,
+        "padded_tokens_per_s": p.padded_tokens / per_s, "devices": jax.device_count(),
+        "platform": jax.devices()[0].platform, "strategy": r.strategy.name, "processes": jax.process_count(),
+        "mesh": dict(r.strategy.sizes) if r.strategy.name == "mesh" else None,
+        "xla_flags": xla_flags.current(),
     }
-    if primary:
-        (workdir / "report.json").write_text(json.dumps(report, indent=2))
-    checkpointer.close()
-    return report
 
 
 def final_trainable(workdir: str | Path, config) -> dict:
@@ -301,7 +389,7 @@ def final_trainable(workdir: str | Path, config) -> dict:
     _, _, _, params, labels = build(config)
     trainable, _ = split(params, labels)
     trainable_labels, _ = split(labels, labels)
-    state = init_state(trainable, make_optimizer(config, trainable_labels, 10), config.seed)
+    state = init_state(trainable, opt_lib.from_config(config.optimizer, trainable_labels, 10), config.seed)
     c = ckpt_lib.Checkpointer(workdir, {}, async_save=False)
     try:  # whatever strategy wrote it, it reads onto one device
         restored, _, _ = c.restore(parallel.Single().restore_target(state))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import optax
 
+from adapters_jax.errors import ConfigError
 from adapters_jax.partition import FROZEN
 
 
@@ -25,7 +26,7 @@ def schedule(lr: float, total_steps: int, warmup: float, kind: str = "linear") -
     elif kind == "constant":
         decay = optax.constant_schedule(lr)
     else:
-        raise ValueError(f"schedule {kind!r}; choose linear, cosine or constant")
+        raise ConfigError(f"optimizer schedule {kind!r}; choose linear, cosine or constant")
     if warm == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), decay], [warm])
@@ -45,11 +46,11 @@ def make(trainable_labels, *, lr: float, total_steps: int, warmup: float = 0.1, 
     """
     groups = sorted(set(jax.tree.leaves(trainable_labels)))
     if FROZEN in groups:
-        raise ValueError("the optimizer is built over trainable leaves only; split the params first")
+        raise ConfigError("the optimizer is built over trainable leaves only; split the params first")
     group_lr = group_lr or {}
     unknown = set(group_lr) - set(groups)
     if unknown:
-        raise ValueError(f"group_lr names {sorted(unknown)}, but the trainable labels are {groups}")
+        raise ConfigError(f"group_lr names {sorted(unknown)}, but the trainable labels are {groups}")
     txs = {}
     for g in groups:
         sched = schedule(group_lr.get(g, lr), total_steps, warmup, kind)
@@ -57,3 +58,11 @@ def make(trainable_labels, *, lr: float, total_steps: int, warmup: float = 0.1, 
                                                           mask=decay_mask)
     tx = optax.multi_transform(txs, trainable_labels)
     return optax.chain(optax.clip_by_global_norm(clip_norm), tx) if clip_norm else tx
+
+
+def from_config(o, trainable_labels, total_steps: int) -> optax.GradientTransformation:
+    """`make` from an experiment config's `optimizer` block (experiments/configs/base.py)."""
+    if o.name not in ("adamw", "sgd"):
+        raise ConfigError(f"optimizer name {o.name!r}; choose adamw or sgd")
+    return make(trainable_labels, lr=o.lr, total_steps=total_steps, warmup=o.warmup, kind=o.schedule,
+                weight_decay=o.weight_decay, clip_norm=o.clip_norm, group_lr=dict(o.group_lr), sgd=o.name == "sgd")

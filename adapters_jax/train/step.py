@@ -23,6 +23,16 @@ import optax
 from adapters_jax.partition import merge
 
 
+BATCH_KEYS = ("input_ids", "attention_mask", "labels", "example_mask", "index")  # what a classification step reads
+
+
+def batch_spec(b: int, length: int) -> dict:
+    """The abstract classification batch of `b` rows of `length` tokens (for ahead-of-time compilation)."""
+    i32, row = jnp.int32, jax.ShapeDtypeStruct((b,), jnp.int32)
+    return {"input_ids": jax.ShapeDtypeStruct((b, length), i32), "attention_mask": jax.ShapeDtypeStruct((b, length), i32),
+            "labels": row, "example_mask": jax.ShapeDtypeStruct((b,), jnp.bool_), "index": row}
+
+
 def init_state(trainable, optimizer: optax.GradientTransformation, seed: int) -> dict:
     return {
         "step": jnp.zeros((), jnp.int32),

@@ -44,6 +44,4 @@ def get_config() -> ml_collections.ConfigDict:
     c.strategy = "single"
     c.mesh = ml_collections.ConfigDict({"shape": (-1, 1, 1), "shard_trainable": False, "min_shard_bytes": 2**20})
     c.checkpoint = ml_collections.ConfigDict({"keep": 2, "keep_best": True, "every": 0, "async_save": True})
-    # fault injection, for the crash-safety tests: SIGKILL this process after step N
-    c.fault = ml_collections.ConfigDict({"sigkill_at_step": 0, "kill_during_save": False})
     return c

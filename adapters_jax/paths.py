@@ -51,16 +51,16 @@ BOTTLENECK_GROUP = {
     "llama": {"mh_adapter": "attention_adapters", "output_adapter": "output_adapters"},
 }
 
-# Projection roles, matched against Linear module paths (no leaf), BERT family | Llama family.
+# Projection roles, matched against the end of Linear/Embed module paths, BERT family | Llama family.
 ROLES = {
-    "q": r"(attention/self/query|self_attn/q_proj)$",
-    "k": r"(attention/self/key|self_attn/k_proj)$",
-    "v": r"(attention/self/value|self_attn/v_proj)$",
-    "attn_out": r"(attention/output/dense|self_attn/o_proj)$",
-    "ffn_in": r"(intermediate/dense|mlp/(gate_proj|up_proj))$",
-    "ffn_out": r"(layers?_\d+/output/dense|mlp/down_proj)$",
-    "embed": r"(word_embeddings|embed_tokens)$",
-    "lm_head": r"lm_head$",
+    "q": r"(attention/self/query|self_attn/q_proj)",
+    "k": r"(attention/self/key|self_attn/k_proj)",
+    "v": r"(attention/self/value|self_attn/v_proj)",
+    "attn_out": r"(attention/output/dense|self_attn/o_proj)",
+    "ffn_in": r"(intermediate/dense|mlp/(gate_proj|up_proj))",
+    "ffn_out": r"(layers?_\d+/output/dense|mlp/down_proj)",
+    "embed": r"(word_embeddings|embed_tokens)",
+    "lm_head": r"lm_head",
 }
 # Megatron tensor parallelism: column-parallel in-projections, row-parallel out-projections.
 COLUMN_ROLES = ("q", "k", "v", "ffn_in")
@@ -142,11 +142,11 @@ def layers_regex(indices) -> str:
 
 def role_of(module_path: str) -> str | None:
     """"q", "k", "v", "attn_out", "ffn_in", "ffn_out", "embed", "lm_head" or None for a Linear/Embed path."""
-    return next((role for role, rx in ROLES.items() if re.search(rx, module_path)), None)
+    return next((role for role, rx in ROLES.items() if re.search(rx + "$", module_path)), None)
 
 
 def roles_regex(roles) -> str:
-    """One regex matching the module paths of any of `roles`."""
+    """One regex matching the module paths of any of `roles` (append `$` or a leaf such as `/kernel$`)."""
     return "(" + "|".join(ROLES[r] for r in roles) + ")"
 
 

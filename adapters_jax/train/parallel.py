@@ -31,6 +31,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
+from adapters_jax import paths
 from adapters_jax.train.step import init_state as _init_state
 from adapters_jax.errors import ParallelError  # noqa: F401  (re-exported)
 
@@ -39,15 +40,15 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 # Tensor parallelism (Megatron): column-parallel in-projections (output dim over "tensor"), row-parallel
-# out-projections (input dim over "tensor"), so each block needs one all-reduce. BERT and Llama names.
-_COLUMN = r"(attention/self/(query|key|value)|intermediate/dense|self_attn/[qkv]_proj|mlp/(gate|up)_proj)"
-_ROW = r"(attention/output/dense|layer_\d+/output/dense|self_attn/o_proj|mlp/down_proj)"
+# out-projections (input dim over "tensor"), so each block needs one all-reduce. Roles: adapters_jax/paths.py.
+_COLUMN = paths.roles_regex(paths.COLUMN_ROLES)
+_ROW = paths.roles_regex(paths.ROW_ROLES)
 TENSOR_RULES = (
     (_COLUMN + r"/kernel$", (None, "tensor")),
     (_COLUMN + r"/bias$", ("tensor",)),
     (_ROW + r"/kernel$", ("tensor", None)),
-    (r"(word_embeddings|embed_tokens)/embedding$", ("tensor", None)),
-    (r"lm_head/kernel$", (None, "tensor")),
+    (paths.roles_regex(["embed"]) + r"/embedding$", ("tensor", None)),
+    (paths.roles_regex(["lm_head"]) + r"/kernel$", (None, "tensor")),
 )
 
 
@@ -58,16 +59,6 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
-
-
-def _path(key_path) -> str:
-    parts = []
-    for k in key_path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-    return "/".join(parts)
 
 
 def _abstract(tree):
@@ -268,7 +259,7 @@ class MeshStrategy(Single):
         def one(key_path, x):
             if not np.shape(x):
                 return self.replicated
-            path = prefix + _path(key_path)
+            path = prefix + jax.tree_util.keystr(key_path, simple=True, separator=paths.SEP)
             return NamedSharding(self.mesh, self.spec_for(path, tuple(x.shape), np.dtype(x.dtype).itemsize))
 
         return jax.tree_util.tree_map_with_path(one, tree)

@@ -15,6 +15,7 @@ Each batch is a dict of numpy arrays, b = batch_size // process_count rows:
     labels          [b]    int32
     example_mask    [b]    bool    False on padding rows (the final partial batch when drop_last=False)
     index           [b]    int32   row of the example in `token_ids`, -1 on padding rows
+    loss_mask       [b, T] int32   with `loss_masks` (causal LM tasks): 1 where the token is a target, 0 on padding
 
 `batch_size` is global: the epoch's order (a permutation from (seed, epoch)) is
 cut into global batches, and process i of n yields rows [i*b, (i+1)*b) of each,
@@ -48,8 +49,9 @@ class Batches:
                  padding: str = "buckets", buckets: Sequence[int] = (32, 64, 128), max_length: int | None = None,
                  pad_id: int = 0, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, repeat: bool = True, process_index: int = 0, process_count: int = 1,
-                 group_by_length: int = 0):
+                 group_by_length: int = 0, loss_masks: Sequence[np.ndarray] | None = None):
         self.ids = [np.asarray(x, dtype=np.int32) for x in token_ids]
+        self.loss_masks = None if loss_masks is None else [np.asarray(m, dtype=np.int32) for m in loss_masks]
         self.labels = np.asarray(labels, dtype=np.int32)
         self.lengths = np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
         n = len(self.ids)
@@ -57,6 +59,8 @@ class Batches:
             raise DataError("no examples to batch (empty split)")
         if len(self.labels) != n:
             raise DataError(f"{n} token sequences but {len(self.labels)} labels")
+        if self.loss_masks is not None and [len(m) for m in self.loss_masks] != [len(x) for x in self.ids]:
+            raise DataError("loss_masks must give one mask per sequence, as long as its tokens")
         if padding not in PADDINGS:
             why = " (no packing: no model reads segment ids)" if padding == "pack" else ""
             raise DataError(f"padding={padding!r}; choose one of {PADDINGS}{why}")
@@ -172,6 +176,7 @@ class Batches:
         mask = np.zeros((b, T), np.int32)
         labels = np.zeros((b,), np.int32)
         index = np.full((b,), -1, np.int32)
+        loss = np.zeros((b, T), np.int32)
         for r, i in enumerate(rows):
             if i is None:
                 mask[r, 0] = 1
@@ -180,7 +185,12 @@ class Batches:
             ids[r, :n] = self.ids[i]
             mask[r, :n] = 1
             labels[r], index[r] = self.labels[i], i
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "example_mask": index >= 0, "index": index}
+            if self.loss_masks is not None:
+                loss[r, :n] = self.loss_masks[i]
+        out = {"input_ids": ids, "attention_mask": mask, "labels": labels, "example_mask": index >= 0, "index": index}
+        if self.loss_masks is not None:
+            out["loss_mask"] = loss
+        return out
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         while True:

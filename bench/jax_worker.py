@@ -32,14 +32,7 @@ from bench.common import JAX_SPECS, MODELS, emit, flags_model  # noqa: E402
 
 def apply_xla_flags(model: str) -> dict:
     """The library's XLA:CPU flag choice for `model`, set before this process's first JAX computation."""
-    if hasattr(xla_flags, "apply_for"):
-        return xla_flags.apply_for(flags_model(model))
-    return {"model": None, "reason": "adapters_jax.xla_flags has no apply_for: its flags were set on import",
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
-
-
-def flags_choice() -> dict:
-    return xla_flags.current() if hasattr(xla_flags, "current") else {"xla_flags": os.environ.get("XLA_FLAGS", "")}
+    return xla_flags.apply_for(flags_model(model))
 
 
 def tree_bytes(tree) -> int:
@@ -221,7 +214,7 @@ def run(cfg) -> dict:
         "device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
         "model_config": dataclasses.asdict(model.config),
         "jax_version": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "xla_flags_choice": flags_choice(),
+        "xla_flags_choice": xla_flags.current(),
     })
     stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
     if stats and "peak_bytes_in_use" in stats:
@@ -237,7 +230,7 @@ def main():
     apply_xla_flags(cfg.get("model", "minilm-l6"))
     if cfg.get("probe") == "matmul":
         emit({"impl": "jax", "probe": "matmul", "flops_per_s": matmul_peak(cfg.get("dtype", "float32")),
-              "platform": jax.devices()[0].platform, "model": cfg.get("model"), "xla_flags_choice": flags_choice()})
+              "platform": jax.devices()[0].platform, "model": cfg.get("model"), "xla_flags_choice": xla_flags.current()})
         return
     rec = {"impl": "jax", "method": cfg["method"], "model": cfg["model"], "batch": cfg["batch"], "seq": cfg["seq"],
            "dtype": cfg.get("dtype", "float32"), "adapter_spec": JAX_SPECS[cfg["method"]]}

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 
-from bench.jax_worker import apply_xla_flags, flags_choice, train_setup  # noqa: E402
+from adapters_jax import xla_flags  # noqa: E402
+from bench.jax_worker import apply_xla_flags, train_setup  # noqa: E402
 
 
 def kind(name: str) -> str:
@@ -113,7 +114,7 @@ def main():
     total = sum(by_name.values())
     per = lambda us: us / 1e3 / args.steps
     print(f"{args.model} {args.method} b{args.batch} t{args.seq}: thunk time {per(total):.0f} ms/step "
-          f"(summed over threads; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}: {flags_choice().get('reason')})")
+          f"(summed over threads; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}: {xla_flags.current()['reason']})")
     for k, t in by_kind.most_common():
         print(f"  {per(t):8.1f} ms/step {100 * t / total:5.1f}%  {k}")
     print("top thunks:")

@@ -84,13 +84,15 @@ def main(argv):
         report = loop.run(config, workdir, resume=FLAGS.resume)
     except AdaptersJaxError as e:
         refuse(e)
-    acc, val, step = report["test_accuracy"], report["val_accuracy"], report["best_step"]
-    if acc is None:
+    key = "perplexity" if report["task_kind"] == "lm" else "accuracy"  # train/kinds.py: what `best` follows
+    test, val, step = report[f"test_{key}"], report[f"val_{key}"], report["best_step"]
+    fmt = (lambda x: f"{x:.3f}") if key == "perplexity" else (lambda x: f"{x * 100:.2f}%")
+    if test is None:
         result = f"stopped at step {report['steps']} before any evaluation"
     elif val is None:
-        result = f"test accuracy {acc * 100:.2f}% (step {step}; no validation split, so the last evaluation)"
+        result = f"test {key} {fmt(test)} (step {step}; no validation split, so the last evaluation)"
     else:
-        result = f"test accuracy {acc * 100:.2f}% (at best validation {val * 100:.2f}%, step {step})"
+        result = f"test {key} {fmt(test)} (at best validation {fmt(val)}, step {step})"
     print(f"{result}; trainable {report['trainable_params']:,} params = "
           f"{report['trainable_share']:.2f}% of the model; train {report['train_s']:.0f}s, "
           f"compile {report['compile_s']:.0f}s, wall {report['wall_s']:.0f}s; {workdir}/report.json")

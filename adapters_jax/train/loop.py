@@ -34,19 +34,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from adapters_jax import checkpoint as ckpt_lib
 from adapters_jax import xla_flags
 from adapters_jax.adapters import add_adapters
 from adapters_jax.configs import to_string
-from adapters_jax.data import tasks, tokenize
-from adapters_jax.data.batching import Batches, eval_batches
-from adapters_jax.models import heads, load, release_host_memory
+from adapters_jax.data import tasks
+from adapters_jax.data.batching import Batches
+from adapters_jax.models import load, release_host_memory
 from adapters_jax.partition import labels as make_labels, param_report, split
+from adapters_jax.train import kinds
 from adapters_jax.train import optimizer as opt_lib
 from adapters_jax.train import parallel
-from adapters_jax.train.step import BATCH_KEYS, batch_spec, init_state, make_eval_step, make_train_step
+from adapters_jax.train.step import init_state, make_train_step
 from adapters_jax.errors import ConfigError, TrainingError  # noqa: F401  (TrainingError re-exported)
 
 
@@ -77,8 +77,7 @@ def build(config):
     base = load(config.model, dtype=dtype, **dict(config.get("model_overrides", {})))
     file_kw = {k: v for k, v in config.task_kwargs.items() if v is not None}  # for local files / hub sets
     task = tasks.load(config.task) if config.task in tasks.names() else tasks.load(config.task, **file_kw)
-    head = heads.Classification(len(task.label_names), pooling=config.head.pooling,
-                                hidden_layers=config.head.hidden_layers, dropout=config.head.dropout)
+    head = kinds.head(config, task, kinds.kind_of(config))
     spec = config.adapter if config.adapter not in ("", "none") else None
     model, params = add_adapters(base, spec, name=config.adapter_name, head=head, rng=jax.random.PRNGKey(config.seed))
     labels = make_labels(model, params, extra=train_rules(config))
@@ -105,28 +104,12 @@ class _Stop:
         signal.signal(signal.SIGTERM, self._old)
 
 
-def evaluate(eval_fn, trainable, frozen, enc, config, pad_id, strategy=None) -> dict:
-    """Accuracy and mean loss over a split, each example counted once (sorted by length: less padding)."""
-    strategy = strategy or parallel.Single()
-    totals = {"correct": 0.0, "count": 0.0, "loss_sum": 0.0}
-    order = np.argsort([len(x) for x in enc.ids], kind="stable")
-    ids, labels = [enc.ids[i] for i in order], np.asarray(enc.labels)[order]
-    for batch in eval_batches(ids, labels, config.eval_batch_size, padding=config.padding,
-                              buckets=_lengths(config), max_length=config.max_length, pad_id=pad_id,
-                              process_index=jax.process_index(), process_count=jax.process_count()):
-        batch = strategy.put_batch({k: batch[k] for k in BATCH_KEYS})
-        out = eval_fn(batch["input_ids"].shape[-1])(trainable, frozen, batch)
-        for k, v in strategy.scalars(out).items():
-            totals[k] += v
-    n = max(totals["count"], 1.0)
-    return {"accuracy": totals["correct"] / n, "loss": totals["loss_sum"] / n, "count": int(totals["count"])}
-
-
 @dataclasses.dataclass
 class Run:
     """What one run is built from: prepared once, read by every later stage."""
 
     config: Any
+    kind: str  # kinds.KINDS: classification | lm | instruct
     workdir: Path
     primary: bool  # process 0 writes the logs, best.json and the report
     task: tasks.Task
@@ -137,6 +120,7 @@ class Run:
     frozen: Any
     enc: dict  # split -> tokenized examples
     pad_id: int
+    tokenizer: Any
     batches: Batches
     total_steps: int
     eval_every: int
@@ -156,7 +140,6 @@ class Progress:
 
 
 Compiled = collections.namedtuple("Compiled", "train eval seconds")  # length -> compiled step; compile time
-NO_BEST = {"val_accuracy": -1.0, "test_accuracy": None, "step": None}
 
 
 def run(config, workdir: str | Path, resume: bool = False) -> dict:
@@ -191,21 +174,23 @@ def prepare(config, workdir: Path) -> tuple[Run, dict]:
     if (tokenizer := base.tokenizer) is None:
         raise ConfigError(f"{config.model} has no tokenizer (tokenizer.json, vocab.txt or tokenizer_config.json)")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    enc = tokenize.encode_task(task, tokenizer, config.max_length)
+    kind = kinds.kind_of(config)
+    enc = kinds.encode(config, task, tokenizer, kind)
     batches = Batches(enc["train"].ids, enc["train"].labels, config.batch_size, padding=config.padding,
                       buckets=_lengths(config), max_length=config.max_length, pad_id=pad_id,
                       seed=config.seed, shuffle=True, drop_last=True, group_by_length=config.group_by_length,
-                      process_index=jax.process_index(), process_count=jax.process_count())
+                      process_index=jax.process_index(), process_count=jax.process_count(),
+                      loss_masks=getattr(enc["train"], "loss_masks", None))
     steps_per_epoch = len(enc["train"].labels) // config.batch_size
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     optimizer = opt_lib.from_config(config.optimizer, trainable_labels, total_steps)
     state = strategy.init_state(trainable, optimizer, config.seed)
     checkpointer = ckpt_lib.Checkpointer(workdir, run_meta(config, base, task, model), keep=config.checkpoint.keep,
-                                         best_metric="val_accuracy" if config.checkpoint.keep_best else None,
+                                         best_metric="val_score" if config.checkpoint.keep_best else None,
                                          async_save=config.checkpoint.async_save)
-    r = Run(config=config, workdir=workdir, primary=jax.process_index() == 0, task=task, model=model,
+    r = Run(config=config, kind=kind, workdir=workdir, primary=jax.process_index() == 0, task=task, model=model,
             params=report0, strategy=strategy, optimizer=optimizer, frozen=strategy.put_frozen(frozen), enc=enc,
-            pad_id=pad_id, batches=batches, total_steps=total_steps,
+            pad_id=pad_id, tokenizer=tokenizer, batches=batches, total_steps=total_steps,
             eval_every=config.eval_every or steps_per_epoch, checkpointer=checkpointer)
     return r, state
 
@@ -237,21 +222,22 @@ def resume_or_refuse(r: Run, state: dict, resume: bool) -> tuple[dict, dict]:
         if (latest := r.checkpointer.latest_step()) is not None:
             raise TrainingError(f"{r.checkpointer.dir} already holds checkpoints (latest step {latest}); "
                                 "pass --resume to continue, or choose another --workdir")
-        return state, dict(NO_BEST)
+        return state, kinds.no_best(r.kind)
     restored, position, _ = r.checkpointer.restore(r.strategy.restore_target(state))
     step = int(restored["step"])
     r.batches.restore(position)
     print(f"resumed from step {step}", flush=True)
-    return r.strategy.from_global(restored), r.checkpointer.saved_best(step) or dict(NO_BEST)
+    return r.strategy.from_global(restored), r.checkpointer.saved_best(step) or kinds.no_best(r.kind)
 
 
 def compile_steps(r: Run, state: dict) -> Compiled:
     """Every train and eval shape (one per length bucket), compiled ahead of time: stepping never recompiles."""
     t0 = time.time()
     b_train, b_eval = (b // jax.process_count() for b in (r.config.batch_size, r.config.eval_batch_size))
-    spec = lambda b, n: r.strategy.batch_spec(batch_spec(b, n))  # noqa: E731
-    train_jit = r.strategy.jit_train(make_train_step(r.model, r.optimizer, axis_name=r.strategy.axis_name))
-    eval_jit = r.strategy.jit_eval(make_eval_step(r.model))
+    spec = lambda b, n: r.strategy.batch_spec(kinds.batch_spec(r.kind, b, n))  # noqa: E731
+    train_jit = r.strategy.jit_train(make_train_step(r.model, r.optimizer, task=kinds.loss_name(r.kind),
+                                                     axis_name=r.strategy.axis_name))
+    eval_jit = r.strategy.jit_eval(kinds.make_eval_step(r.model, r.kind))
     lengths = _lengths(r.config)
     train_fns = {n: train_jit.lower(state, r.frozen, spec(b_train, n)).compile() for n in lengths}
     eval_fns = {n: eval_jit.lower(state["trainable"], r.frozen, spec(b_eval, n)).compile() for n in lengths}
@@ -322,7 +308,7 @@ def train(r: Run, fns: Compiled, state: dict, best: dict, log) -> tuple[dict, Pr
 def train_step(r: Run, fns: Compiled, state: dict, batch: dict, p: Progress) -> tuple[dict, dict]:
     t0 = time.time()
     state, m = fns.train[batch["input_ids"].shape[1]](state, r.frozen,
-                                                      r.strategy.put_batch({k: batch[k] for k in BATCH_KEYS}))
+                                                      r.strategy.put_batch({k: batch[k] for k in kinds.batch_keys(r.kind)}))
     m = r.strategy.scalars(m)
     p.train_s += time.time() - t0
     p.step += 1
@@ -339,19 +325,20 @@ def nan_error(r: Run, loss: float, step: int) -> TrainingError:
 
 
 def evaluate_and_track_best(r: Run, fns: Compiled, state: dict, p: Progress, log) -> dict:
-    """Validation metrics now; a new best validation accuracy also gets the test split and best.json.
+    """Validation metrics now; a new best (kinds.score) also gets the test split and best.json.
     A task without a validation split (validation="none") gets the test split every time: the best is the last."""
     t0 = time.time()
-    def ev(split):
-        return evaluate(fns.eval.get, state["trainable"], r.frozen, r.enc[split], r.config, r.pad_id, r.strategy)
 
-    out = {}
+    def ev(split):
+        return kinds.evaluate(r.kind, fns.eval.get, state["trainable"], r.frozen, r.enc[split], r.config, r.pad_id,
+                              r.strategy, buckets=_lengths(r.config), model=r.model, tokenizer=r.tokenizer)
+
+    out, key = {}, kinds.metric(r.kind)
     if "validation" in r.enc:
-        val = ev("validation")
-        out = {"val_accuracy": val["accuracy"], "val_loss": val["loss"]}
-    if "validation" not in r.enc or out["val_accuracy"] > p.best["val_accuracy"]:
-        out["test_accuracy"] = ev("test")["accuracy"]
-        p.best = {"val_accuracy": out.get("val_accuracy"), "test_accuracy": out["test_accuracy"], "step": p.step}
+        out = {f"val_{k}": v for k, v in ev("validation").items() if k != "count"}
+    if "validation" not in r.enc or kinds.score(r.kind, out) > kinds.score(r.kind, p.best):
+        out.update({f"test_{k}": v for k, v in ev("test").items() if k != "count"})
+        p.best = {f"val_{key}": out.get(f"val_{key}"), f"test_{key}": out[f"test_{key}"], "step": p.step}
         if r.primary:
             ckpt_lib.write_json(r.workdir / "best.json", p.best)
     p.eval_s += time.time() - t0
@@ -362,8 +349,9 @@ def evaluate_and_track_best(r: Run, fns: Compiled, state: dict, p: Progress, log
 
 
 def save(r: Run, state: dict, p: Progress, evaluated: dict | None) -> None:
-    """Checkpoint the state, the data position and the best so far (the best rule keeps the top val_accuracy)."""
-    metrics = {"val_accuracy": evaluated["val_accuracy"]} if evaluated and "val_accuracy" in evaluated else None
+    """Checkpoint the state, the data position and the best so far (the best rule keeps the top val_score)."""
+    has_val = evaluated and any(k.startswith("val_") for k in evaluated)
+    metrics = {"val_score": kinds.score(r.kind, evaluated)} if has_val else None
     r.checkpointer.save(r.strategy.to_global(state), r.batches.state(), metrics=metrics, best=p.best)
 
 
@@ -373,8 +361,8 @@ def make_report(r: Run, fns: Compiled, p: Progress, wall_s: float) -> dict:
         "task": r.task.name, "adapter": config.adapter or "none", "model": config.model, "seed": config.seed,
         "split_rule": r.task.split_rule, "split_counts": r.task.split_counts,
         "trainable_params": r.params.trainable, "total_params": r.params.total,
-        "trainable_share": r.params.share, "val_accuracy": p.best["val_accuracy"],
-        "test_accuracy": p.best["test_accuracy"], "best_step": p.best["step"], "steps": p.step,
+        "trainable_share": r.params.share, "task_kind": r.kind, **{k: v for k, v in p.best.items() if k != "step"},
+        "best_step": p.best["step"], "steps": p.step,
         "completed": p.step >= r.total_steps, "wall_s": wall_s, "train_s": p.train_s,
         "eval_s": p.eval_s, "compile_s": fns.seconds, "tokens_per_s": p.real_tokens / per_s,
         "padded_tokens_per_s": p.padded_tokens / per_s, "devices": jax.device_count(),

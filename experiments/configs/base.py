@@ -18,6 +18,16 @@ def get_config() -> ml_collections.ConfigDict:
         "split_column": ml_collections.config_dict.placeholder(str),
         "validation": "from_train",
     })
+    # what the run trains (adapters_jax/train/kinds.py): classification (a head, accuracy) | lm (next token on
+    # the task's texts, perplexity) | instruct (prompt/response pairs from the templates below, loss on the
+    # response only, perplexity and exact-match accuracy of greedy generation)
+    c.task_kind = "classification"
+    c.instruct = ml_collections.ConfigDict({
+        "prompt_template": "Text: {text}\nLabel:", "response_template": " {label}",
+        "response_names": [],  # words for the labels (default: the task's label names)
+        "chat_template": False,  # wrap the prompt in the tokenizer's chat template
+        "max_distinct": 32,  # exact-match accuracy only when the responses are this label-like
+    })
     c.adapter = "houlsby[bottleneck=64,non_linearity=relu]"  # config string; "none" for head-only / full FT
     c.adapter_name = "default"
     c.full_finetune = False  # train every base param too (label "base")

@@ -31,10 +31,9 @@ if "distributed" in spec:
     parallel.initialize(d["coordinator"], d["num_processes"], d["process_id"])
 
 import numpy as np  # noqa: E402
-from flax.traverse_util import flatten_dict  # noqa: E402
 
 import adapters_jax as aj  # noqa: E402
-from adapters_jax import checkpoint as ckpt_lib  # noqa: E402
+from adapters_jax import checkpoint as ckpt_lib, paths  # noqa: E402
 from adapters_jax.data.batching import Batches  # noqa: E402
 from adapters_jax.models import load_hf_dir  # noqa: E402
 from adapters_jax.partition import split  # noqa: E402
@@ -79,7 +78,7 @@ def strategy_for(run):
 
 
 def flat(tree) -> dict:
-    return {"/".join(str(p) for p in k): np.asarray(v) for k, v in flatten_dict(tree).items()}
+    return {k: np.asarray(v) for k, v in paths.flat(tree).items()}
 
 
 def state_arrays(s, state) -> dict:
@@ -127,7 +126,7 @@ def do(run):
         info["frozen_bytes_per_device"] = sorted(per.values())
         info["devices"] = len(per)
         info["frozen_specs"] = {k: list(x.sharding.spec) + [None] * (x.ndim - len(x.sharding.spec))
-                                for k, x in flatten_dict(frozen, sep="/").items()}  # mesh axis (or None) per dim
+                                for k, x in paths.flat(frozen).items()}  # mesh axis (or None) per dim
     info["seconds"] = time.time() - t0
     if primary:
         np.savez(out / f"{run['name']}.npz", **flat(trainable))

@@ -28,6 +28,8 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
+
+from adapters_jax import configs
 from adapters_jax.errors import CheckpointError  # noqa: F401  (re-exported)
 
 # Metadata keys that must match for a resume (the rest is informational).
@@ -100,9 +102,20 @@ class Checkpointer:
         return self.mgr.restore(step, args=ocp.args.Composite(best=ocp.args.JsonRestore()))["best"]
 
 
+def _same(key: str, a, b) -> bool:
+    """Equal values; adapter setups compare as parsed configs (a string written by an older canonical form
+    of configs.to_string still matches the same setup)."""
+    if key == "adapter_setup" and isinstance(a, str) and isinstance(b, str) and a != b:
+        try:
+            return configs.parse(a) == configs.parse(b)
+        except configs.AdapterConfigError:
+            return False
+    return a == b
+
+
 def check_meta(saved: dict, current: dict, where) -> None:
     for key in MUST_MATCH:
-        if key in saved and key in current and saved[key] != current[key]:
+        if key in saved and key in current and not _same(key, saved[key], current[key]):
             raise CheckpointError(
                 f"{where} was written with {key}={json.dumps(saved[key])}, but this run has "
                 f"{key}={json.dumps(current[key])}; resume with the same setup or use another --workdir"

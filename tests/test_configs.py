@@ -123,3 +123,14 @@ def test_to_string_quotes_what_would_split():
 def test_bad_quoting_is_named(spec, match):
     with pytest.raises(AdapterConfigError, match=match):
         parse(spec)
+
+
+def test_resume_compares_adapter_setups_as_parsed_configs():
+    """A checkpoint's adapter_setup written before values were quoted still resumes (same parsed setup);
+    a different setup is still refused."""
+    from adapters_jax import checkpoint
+
+    checkpoint.check_meta({"adapter_setup": "lora[target=(query|value)$]"},
+                          {"adapter_setup": "lora[target='(query|value)$']"}, "ckpt")
+    with pytest.raises(checkpoint.CheckpointError, match="adapter_setup"):
+        checkpoint.check_meta({"adapter_setup": "lora[r=4]"}, {"adapter_setup": "lora[r=8]"}, "ckpt")

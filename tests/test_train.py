@@ -5,6 +5,9 @@ The end-to-end runs train MiniLM-L6 (real weights) on a small local CSV with its
 split column, through scripts/train.py, so they also show that a user's file
 trains the same way as a built-in task. The crash tests kill the process from
 outside; nothing in the production loop knows about them.
+
+Over 400 lines: the crash, resume and refusal tests share the subprocess runner,
+the CSV fixture and the reference run; split apart they would each rebuild them.
 """
 import csv
 import hashlib

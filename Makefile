@@ -17,7 +17,7 @@ $(STAMP): requirements.txt pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # The default run: Houlsby adapter on MiniLM-L6 for rt_polarity (fetches both on first use).
 train: $(STAMP)

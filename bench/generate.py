@@ -59,12 +59,12 @@ def jax_worker(batch: int, new: int) -> dict:
             "kv_slots": slots, "xla_flags": flags, "first_ids": outs[0].ids[:8]}
 
 
-def torch_worker(batch: int, new: int) -> dict:
+def torch_worker(batch: int, new: int, gguf: str) -> dict:
     import torch
     import transformers
 
     torch.set_num_threads(os.cpu_count() or 1)
-    path = Path(gguf_path())
+    path = Path(gguf)  # resolved by the parent: the peers' venv has no jax to run the asset code
     tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                               dtype=torch.float32).eval()
@@ -92,17 +92,20 @@ def main() -> int:
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--gguf", default=None, help="worker: the SmolLM2 GGUF file (the parent resolves it)")
+    ap.add_argument("--sides", default="jax,torch")
     args = ap.parse_args()
     if args.worker:
-        rec = (jax_worker if args.worker == "jax" else torch_worker)(args.batch, args.new)
+        rec = jax_worker(args.batch, args.new) if args.worker == "jax" else torch_worker(args.batch, args.new, args.gguf)
         print("BENCH_RESULT " + json.dumps(rec), flush=True)
         return 0
-    rows = []
+    rows, gguf = [], gguf_path()
     for rnd in range(args.rounds):
         for b in (int(x) for x in args.batches.split(",")):
-            for side in ("jax", "torch"):
+            for side in args.sides.split(","):
                 p = subprocess.run([str(PYTHONS[side]), __file__, "--worker", side, "--batch", str(b),
-                                    "--new", str(args.new)], capture_output=True, text=True, cwd=ROOT, timeout=1800)
+                                    "--new", str(args.new), "--gguf", gguf], capture_output=True, text=True, cwd=ROOT,
+                                   timeout=1800)
                 line = next((x for x in p.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
                 rec = json.loads(line[13:]) if line else {"side": side, "batch": b, "error": p.stderr[-2000:]}
                 rec["round"] = rnd

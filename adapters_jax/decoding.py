@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapters_jax.configs import PromptTuning
 from adapters_jax.errors import ConfigError
 from adapters_jax.models import kv_cache
+from adapters_jax.modules.hooks import prompt_length
 
 
 @dataclasses.dataclass
@@ -38,13 +38,9 @@ class Completion:
     finish_reason: str  # "stop" (end of sequence or a stop string) or "length"
 
 
-def _bucket(n: int, least: int = 16) -> int:
-    return max(least, 1 << (max(n, 1) - 1).bit_length())
-
-
-def soft_prompt_length(model) -> int:
-    setup = model.adapters
-    return sum(c.prompt_length for _, c in setup.active_methods(PromptTuning)) if setup is not None else 0
+def prompt_bucket(longest: int) -> int:
+    """The padded prompt length: a power of two, at least 16."""
+    return max(16, 1 << (max(longest, 1) - 1).bit_length())
 
 
 def _sample(logits_BxV, key, temperature: float, top_k: int, top_p: float, banned):
@@ -128,7 +124,7 @@ def generate(model, params, prompts: Sequence[str | Sequence[int]], max_new_toke
     `min_new_tokens` bans it for the first steps instead (vLLM's min_tokens, transformers' min_new_tokens).
     """
     ids = _encode(prompts, tokenizer)
-    n_soft = soft_prompt_length(model)
+    n_soft = prompt_length(model)
     _check(model, ids, max_new_tokens, n_soft, temperature, top_k, top_p)
     if stop and tokenizer is None:
         raise ConfigError("stop strings need a tokenizer (to read the generated text)")
@@ -138,8 +134,8 @@ def generate(model, params, prompts: Sequence[str | Sequence[int]], max_new_toke
     ban = lambda step: jnp.int32(eos_token_id if eos_token_id is not None and step < min_new_tokens else -1)
     stop_id = None if ignore_eos else eos_token_id
     b, longest = len(ids), max(len(p) for p in ids)
-    t = _bucket(longest)
-    slots = _bucket(t + n_soft + max_new_tokens, least=64)
+    t = prompt_bucket(longest)
+    slots = kv_cache.slots_for(t, n_soft, max_new_tokens)
     ids_BxT = np.zeros((b, t), np.int32)
     mask_BxT = np.zeros((b, t), np.int32)
     for i, p in enumerate(ids):  # left padding: every row's last column is its last prompt token

@@ -39,8 +39,9 @@ def jax_worker(batch: int, new: int) -> dict:
 
     flags = xla_flags.apply_for("smollm2-135m")
     import adapters_jax as aj
-    from adapters_jax.decoding import _bucket, soft_prompt_length
+    from adapters_jax.decoding import prompt_bucket
     from adapters_jax.models import kv_cache
+    from adapters_jax.modules.hooks import prompt_length
 
     base = aj.load("smollm2-135m")
     ids = base.tokenizer(PROMPT, add_special_tokens=False)["input_ids"][:16]
@@ -53,7 +54,7 @@ def jax_worker(batch: int, new: int) -> dict:
     outs = run()
     dt = time.perf_counter() - t0
     assert all(len(o.ids) == new for o in outs)
-    slots = _bucket(_bucket(len(ids)) + soft_prompt_length(base.model) + new, least=64)
+    slots = kv_cache.slots_for(prompt_bucket(len(ids)), prompt_length(base.model), new)
     return {"side": "jax", "batch": batch, "new": new, "seconds": dt, "warmup_s": warm,
             "tokens_per_s": batch * new / dt, "kv_cache_bytes": kv_cache.nbytes(base.config, batch, slots),
             "kv_slots": slots, "xla_flags": flags, "first_ids": outs[0].ids[:8]}

@@ -12,7 +12,8 @@ import pytest
 
 import adapters_jax as aj
 from adapters_jax.errors import ConfigError
-from adapters_jax.decoding import generate, soft_prompt_length
+from adapters_jax.decoding import generate
+from adapters_jax.modules.hooks import prompt_length
 from adapters_jax.models import kv_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def test_cached_decoding_equals_the_full_forward(fixture, spec):
     got = jnp.concatenate(outs, 1)
     # measured 0.8e-6 .. 1.2e-6 (float32 reduction order of the cached attention); bound 5x
     assert float(jnp.abs(got - full)[mask > 0].max()) < 5e-6
-    assert int(cache["index"]) == 9 + soft_prompt_length(model)
+    assert int(cache["index"]) == 9 + prompt_length(model)
 
 
 @pytest.mark.parametrize("spec", [None, "lora[r=4]", "prefix_tuning[prefix_length=3]", "prompt_tuning[prompt_length=2]"])

@@ -152,19 +152,8 @@ def apply_rope(x_BxTxHxK: jax.Array, cos_BxTxK: jax.Array, sin_BxTxK: jax.Array)
 
 
 def attention_bias(mask_BxS: jax.Array | None, t: int, sliding_window: int | None) -> jax.Array:
-    """Additive float32 bias [B, 1, T, T]: causal, within the window, and not on padding.
-
-    Masks go by index in the sequence (as HF's cache positions), not by `positions`.
-    """
-    q_T1 = jnp.arange(t)[:, None]
-    k_1T = jnp.arange(t)[None, :]
-    allowed_TxT = k_1T <= q_T1
-    if sliding_window is not None:
-        allowed_TxT &= q_T1 - k_1T < sliding_window
-    allowed_BxTxT = allowed_TxT[None]
-    if mask_BxS is not None:
-        allowed_BxTxT = allowed_BxTxT & (mask_BxS[:, None, :] > 0)
-    return jnp.where(allowed_BxTxT[:, None], 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    """Additive float32 bias [B, 1, T, T]: causal, within the window, and not on padding (kv_cache.slot_bias)."""
+    return kv_cache.slot_bias(jnp.arange(t), t, mask_BxS, sliding_window)
 
 
 class Attention(nn.Module):

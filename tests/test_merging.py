@@ -59,7 +59,7 @@ def _fixture():
 # bottleneck 2 on hidden 32, with two leaves whose identity is 1: the LayerNorm scale and the learned scaling
 BN = "seq_bn[ln_after=true,scaling=learned]"
 OTHERS = {"qonly": "lora[r=4,target=attention/self/query$]", "bn": "seq_bn", "bn2": "seq_bn[non_linearity=swish]",
-          "x1": BN, "x2": BN, "x3": BN}
+          "x1": BN, "x2": BN, "x3": BN, "union": "lora[r=4]|ia3"}
 
 
 def _with_adapters(model, params, specs: dict):
@@ -300,12 +300,21 @@ REFUSALS = [
     (dict(names=["t1", "t2"], weights=[1, 1], new_name="t3"), "already exists"),
     (dict(names="t1", weights=[1]), "list of adapter names"),
     (dict(names=["t1", "t2"], weights=[1, float("nan")]), "finite"),
+    (dict(names=["t1", "t2"], weights=["x", 1]), "one number per adapter"),
+    (dict(names=["t1", "union"], weights=[1, 1]), "'union' is a union"),
+    (dict(names=["i1", "i_in"], weights=[1, 1]), "scale different sides of encoder/layer_0/attention/self/value"),
 ]
+
+
+@functools.cache
+def _refusal_model():
+    """Plus i_in: i1's leaves and shapes, but it scales value's input (added apart: one Linear holds one IA3 group)."""
+    return _with_adapters(*_peft_model(), {"i_in": "ia3[feedforward=attention/self/value$]"})
 
 
 @pytest.mark.parametrize("kw,match", REFUSALS, ids=[m for _, m in REFUSALS])
 def test_refusals(kw, match):
-    model, params = _peft_model()
+    model, params = _refusal_model()
     kw = {"new_name": "m", **kw}
     before = set(paths.flat(params))
     with pytest.raises(ConfigError, match=match):

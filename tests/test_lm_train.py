@@ -94,3 +94,68 @@ def test_lm_kind_reports_token_weighted_perplexity_for_every_method(tiny_lm_dir,
     assert trace[-1] < trace[0] - 1.0, trace
     ppl = rep["test_perplexity"]
     assert math.isfinite(ppl) and ppl < math.exp(trace[0]) and "test_accuracy" not in rep
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory, real_task):
+    """Prompt/response pairs as a user brings them: a JSONL file whose responses are free text, some of them
+    numbers-looking ("5 stars") and one an integer string, which must stay strings."""
+    t = real_task("rt_polarity")
+    d = t["train"]
+    words = {0: "2", 1: "5 stars"}
+    rows = [{"prompt": f"Rate: {d['text'][i]}\n", "response": words[d["label"][i]]} for i in range(200)]
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path, rows
+
+
+def test_a_prompt_response_file_trains_as_instruct_with_its_responses_verbatim(tiny_lm_dir, pairs_file, tmp_path):
+    path, rows = pairs_file
+    c = lm_config(tiny_lm_dir, path, "instruct", "lora[r=4]", steps=4)
+    c.task_kwargs.split_column, c.task_kwargs.label_names = None, None
+    c.task_kwargs.text_column, c.task_kwargs.response_column = "prompt", "response"
+    c.instruct.prompt_template, c.instruct.response_template, c.instruct.response_names = "{text}", "{label}", []
+    rep = loop.run(c, tmp_path / "run")
+    assert rep["completed"] and rep["task_kind"] == "instruct"
+    r = loop.prepare(c, tmp_path / "again")[0]
+    assert sorted(r.task.label_names) == ["2", "5 stars"]  # strings, not label ids
+    enc = r.enc["train"]
+    for ids, mask in list(zip(enc.ids, enc.loss_masks))[:20]:
+        prompt = r.tokenizer.decode(ids[mask == 0]).strip()  # long prompts lose tokens from their start
+        response = r.tokenizer.decode(ids[mask == 1], skip_special_tokens=True)
+        (row,) = [x for x in rows if x["prompt"].strip().endswith(prompt)]
+        assert response == row["response"]  # the loss covers exactly the file's response (and the end token)
+
+
+def test_bad_lm_input_is_refused_by_name_and_leaves_no_run_directory(tiny_lm_dir, rt_file, pairs_file, tmp_path):
+    from transformers import AutoTokenizer
+
+    from adapters_jax.errors import ConfigError, DataError
+
+    path, rows = pairs_file
+    c = lm_config(tiny_lm_dir, path, "lm", "lora[r=4]", steps=2)
+    c.task_kwargs.split_column, c.task_kwargs.label_names = None, None
+    c.task_kwargs.text_column, c.task_kwargs.response_column = "prompt", "response"
+    with pytest.raises(ConfigError, match="response_column.*instruct"):
+        loop.run(c, tmp_path / "a")
+    bad = tmp_path / "empty_response.jsonl"
+    bad.write_text("\n".join(json.dumps({**r, "response": "  " if i == 3 else r["response"]})
+                             for i, r in enumerate(rows)))
+    c.task, c.task_kind = str(bad), "instruct"
+    with pytest.raises(DataError, match="empty responses.*rows \\[3\\]"):
+        loop.run(c, tmp_path / "b")
+    c = lm_config(tiny_lm_dir, rt_file, "instruct", "lora[r=4]", steps=2)
+    c.instruct.response_template = " positive"
+    with pytest.raises(DataError, match="response template.*does not contain \\{label\\}"):
+        loop.run(c, tmp_path / "c")
+    assert not any((tmp_path / x).exists() for x in "abc")  # nothing written for a refused run
+    tok = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
+    tok.pad_token = None
+    c.pad_token = ""
+    with pytest.raises(ConfigError, match="no pad token.*pad_token='<\\|im_end\\|>'"):
+        loop.pad_token_id(c, tok)
+    c.pad_token = tok.eos_token
+    assert loop.pad_token_id(c, tok) == tok.eos_token_id
+    c.pad_token = "<no such token>"
+    with pytest.raises(ConfigError, match="not a token"):
+        loop.pad_token_id(c, tok)

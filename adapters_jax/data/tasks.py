@@ -315,8 +315,13 @@ def from_records(name: str, texts: list, labels: list, splits: list | None, *, l
 def load_local(path: str | Path, *, text_column: str = "text", label_column: str = "label",
                split_column: str | None = None, label_names: Sequence[str] | None = None,
                split_names: dict[str, str] | None = None, validation: str = "from_train",
-               name: str | None = None) -> Task:
+               name: str | None = None, response_column: str | None = None) -> Task:
     """A CSV/TSV/JSON/JSONL/parquet file -> Task.
+
+    `response_column` (prompt/response files for instruct training): the text
+    column holds the prompts and this column the responses, which become the
+    label names verbatim (strings, even when they look like numbers); a prompt
+    seen with two different responses is dropped like a text with two labels.
 
     Labels are names (in `label_names`, or the sorted distinct values when it is
     None) or integer ids. Without `split_column` the hash rule splits the rows;
@@ -328,11 +333,20 @@ def load_local(path: str | Path, *, text_column: str = "text", label_column: str
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     frame = _read_frame(path)
+    if response_column is not None:
+        label_column = response_column
     for role, col in (("text_column", text_column), ("label_column", label_column), ("split_column", split_column)):
         if col is not None and col not in frame.columns:
             raise DataError(f"{path}: no column {col!r} ({role}); columns: {list(map(str, frame.columns))}")
     if len(frame) == 0:
         raise DataError(f"{path}: no rows")
+    if response_column is not None:
+        responses = [str(v) for v in frame[response_column].tolist()]
+        empty = [i for i, r in enumerate(responses) if not r.strip()]
+        if empty:
+            raise DataError(f"{path}: {len(empty)} empty responses in column {response_column!r} (rows {empty[:5]}); "
+                            "every instruct example needs one")
+        label_names = tuple(sorted(set(responses)))
     return from_records(
         name or path.stem, frame[text_column].tolist(), frame[label_column].tolist(),
         frame[split_column].tolist() if split_column else None,

@@ -36,6 +36,9 @@ def kind_of(config) -> str:
     kind = config.get("task_kind", "classification")
     if kind not in KINDS:
         raise ConfigError(f"task_kind={kind!r}; choose one of {KINDS}")
+    if config.task_kwargs.get("response_column") and kind != "instruct":
+        raise ConfigError(f"task_kwargs.response_column={config.task_kwargs.response_column!r} is for prompt/response "
+                          f"files, which train as task_kind='instruct' (not {kind!r})")
     return kind
 
 
@@ -108,8 +111,10 @@ def make_eval_step(model, kind: str):
 
 def evaluate(kind: str, eval_fn, trainable, frozen, enc, config, pad_id, strategy, *, buckets, model=None,
              tokenizer=None) -> dict:
-    """A split's metrics, every example counted once (sorted by length: less padding)."""
-    order = np.argsort([len(x) for x in enc.ids], kind="stable")
+    """A split's metrics, every example counted once (sorted by length: less padding); only the split's
+    first config.max_eval_examples examples when that is > 0."""
+    n = min(len(enc.ids), config.get("max_eval_examples", 0) or len(enc.ids))
+    order = np.argsort([len(enc.ids[i]) for i in range(n)], kind="stable")
     ids, labels = [enc.ids[i] for i in order], np.asarray(enc.labels)[order]
     masks = None if kind == "classification" else [enc.loss_masks[i] for i in order]
     totals: dict[str, float] = {}
@@ -127,15 +132,17 @@ def evaluate(kind: str, eval_fn, trainable, frozen, enc, config, pad_id, strateg
     out["perplexity"] = math.exp(min(out["loss"], 700.0))
     if kind == "instruct" and len(set(enc.responses)) <= config.instruct.max_distinct:
         out["accuracy"] = exact_match(model, strategy.to_global(merge(trainable, frozen)), enc, tokenizer,
-                                      config.eval_batch_size)
+                                      config.eval_batch_size, limit=n)
     return out
 
 
-def exact_match(model, params, enc, tokenizer, batch_size: int) -> float:
-    """Share of examples whose greedy completion (to the end-of-sequence token) is the reference response."""
-    longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in set(enc.responses)) + 1
+def exact_match(model, params, enc, tokenizer, batch_size: int, limit: int | None = None) -> float:
+    """Share of examples (the first `limit`) whose greedy completion (to the end-of-sequence token) is the
+    reference response."""
+    prompts, responses = enc.prompts[:limit], enc.responses[:limit]
+    longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in set(responses)) + 1
     hits = 0
-    for i in range(0, len(enc.prompts), batch_size):
-        outs = generate(model, params, [list(p) for p in enc.prompts[i:i + batch_size]], longest, tokenizer=tokenizer)
-        hits += sum(o.text.strip() == r.strip() for o, r in zip(outs, enc.responses[i:i + batch_size]))
-    return hits / max(len(enc.prompts), 1)
+    for i in range(0, len(prompts), batch_size):
+        outs = generate(model, params, [list(p) for p in prompts[i:i + batch_size]], longest, tokenizer=tokenizer)
+        hits += sum(o.text.strip() == r.strip() for o, r in zip(outs, responses[i:i + batch_size]))
+    return hits / max(len(prompts), 1)

@@ -74,10 +74,11 @@ def build(config):
     if config.dtype not in dtypes:
         raise ConfigError(f"dtype {config.dtype!r}; choose one of {sorted(dtypes)}")
     dtype = dtypes[config.dtype]
+    kind = kinds.kind_of(config)  # checks the kind and its task settings before anything loads
     base = load(config.model, dtype=dtype, **dict(config.get("model_overrides", {})))
     file_kw = {k: v for k, v in config.task_kwargs.items() if v is not None}  # for local files / hub sets
     task = tasks.load(config.task) if config.task in tasks.names() else tasks.load(config.task, **file_kw)
-    head = kinds.head(config, task, kinds.kind_of(config))
+    head = kinds.head(config, task, kind)
     spec = config.adapter if config.adapter not in ("", "none") else None
     model, params = add_adapters(base, spec, name=config.adapter_name, head=head, rng=jax.random.PRNGKey(config.seed))
     labels = make_labels(model, params, extra=train_rules(config))
@@ -145,9 +146,7 @@ Compiled = collections.namedtuple("Compiled", "train eval seconds")  # length ->
 def run(config, workdir: str | Path, resume: bool = False) -> dict:
     """Train as `config` says in `workdir` (continuing its latest checkpoint if `resume`); returns the report."""
     t_start = time.time()
-    (workdir := Path(workdir)).mkdir(parents=True, exist_ok=True)
-    print(f"workdir: {workdir.resolve()}", flush=True)
-    r, state = prepare(config, workdir)
+    r, state = prepare(config, Path(workdir))  # bad input fails here, before the run directory exists
     try:
         state, best = resume_or_refuse(r, state, resume)
         fns = compile_steps(r, state)
@@ -173,7 +172,7 @@ def prepare(config, workdir: Path) -> tuple[Run, dict]:
     del params
     if (tokenizer := base.tokenizer) is None:
         raise ConfigError(f"{config.model} has no tokenizer (tokenizer.json, vocab.txt or tokenizer_config.json)")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(config, tokenizer)
     kind = kinds.kind_of(config)
     enc = kinds.encode(config, task, tokenizer, kind)
     batches = Batches(enc["train"].ids, enc["train"].labels, config.batch_size, padding=config.padding,
@@ -185,6 +184,8 @@ def prepare(config, workdir: Path) -> tuple[Run, dict]:
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     optimizer = opt_lib.from_config(config.optimizer, trainable_labels, total_steps)
     state = strategy.init_state(trainable, optimizer, config.seed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"workdir: {workdir.resolve()}", flush=True)
     checkpointer = ckpt_lib.Checkpointer(workdir, run_meta(config, base, task, model), keep=config.checkpoint.keep,
                                          best_metric="val_score" if config.checkpoint.keep_best else None,
                                          async_save=config.checkpoint.async_save)
@@ -193,6 +194,22 @@ def prepare(config, workdir: Path) -> tuple[Run, dict]:
             pad_id=pad_id, tokenizer=tokenizer, batches=batches, total_steps=total_steps,
             eval_every=config.eval_every or steps_per_epoch, checkpointer=checkpointer)
     return r, state
+
+
+def pad_token_id(config, tokenizer) -> int:
+    """The id that pads batches: config.pad_token if set, else the tokenizer's pad token (none: an error)."""
+    name = config.get("pad_token", "")
+    if name:
+        tid = tokenizer.convert_tokens_to_ids(name)
+        if tid is None or (tid == tokenizer.unk_token_id and name != tokenizer.unk_token):
+            raise ConfigError(f"pad_token={name!r} is not a token of {config.model}'s vocabulary")
+        return int(tid)
+    if tokenizer.pad_token_id is None:
+        eos = getattr(tokenizer, "eos_token", None)
+        raise ConfigError(f"{config.model}'s tokenizer has no pad token; set config.pad_token to one of its tokens"
+                          + (f" (its end-of-sequence token {eos!r} is the usual choice for a causal LM: "
+                             f"--config.pad_token='{eos}')" if eos else ""))
+    return int(tokenizer.pad_token_id)
 
 
 def check_batch_sizes(config, strategy) -> None:
@@ -362,7 +379,7 @@ def make_report(r: Run, fns: Compiled, p: Progress, wall_s: float) -> dict:
         "split_rule": r.task.split_rule, "split_counts": r.task.split_counts,
         "trainable_params": r.params.trainable, "total_params": r.params.total,
         "trainable_share": r.params.share, "task_kind": r.kind, **{k: v for k, v in p.best.items() if k != "step"},
-        "best_step": p.best["step"], "steps": p.step,
+        "best_step": p.best["step"], "steps": p.step, "max_eval_examples": config.get("max_eval_examples", 0),
         "completed": p.step >= r.total_steps, "wall_s": wall_s, "train_s": p.train_s,
         "eval_s": p.eval_s, "compile_s": fns.seconds, "tokens_per_s": p.real_tokens / per_s,
         "padded_tokens_per_s": p.padded_tokens / per_s, "devices": jax.device_count(),

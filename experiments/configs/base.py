@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
         "text_column": "text", "label_column": "label",
         "split_column": ml_collections.config_dict.placeholder(str),
         "validation": "from_train",
+        # prompt/response files (task_kind "instruct"): the text column holds the prompts, this one the
+        # responses (set the templates to "{text}" and "{label}" to use both verbatim)
+        "response_column": ml_collections.config_dict.placeholder(str),
     })
     # what the run trains (adapters_jax/train/kinds.py): classification (a head, accuracy) | lm (next token on
     # the task's texts, perplexity) | instruct (prompt/response pairs from the templates below, loss on the
@@ -28,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
         "chat_template": False,  # wrap the prompt in the tokenizer's chat template
         "max_distinct": 32,  # exact-match accuracy only when the responses are this label-like
     })
+    c.pad_token = ""  # "": the tokenizer's pad token (an error if it has none); else a token of its vocabulary
     c.adapter = "houlsby[bottleneck=64,non_linearity=relu]"  # config string; "none" for head-only / full FT
     c.adapter_name = "default"
     c.full_finetune = False  # train every base param too (label "base")
@@ -42,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.epochs = 2
     c.max_steps = 0  # > 0: stop after this many steps (the schedule spans them)
     c.eval_every = 0  # steps; 0 = once per epoch
+    c.max_eval_examples = 0  # > 0: evaluate on each split's first N examples only (the report says so)
     c.log_every = 10
     c.seed = 0
     c.progress = True

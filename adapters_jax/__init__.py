@@ -19,3 +19,5 @@ from adapters_jax.configs import AdapterConfigError, AdapterSetup, parse  # noqa
 from adapters_jax.partition import labels, merge, param_report, split, trainable_mask  # noqa: E402
 from adapters_jax import interop  # noqa: E402,F401
 from adapters_jax.decoding import Completion, generate  # noqa: E402,F401
+from adapters_jax import bank  # noqa: E402,F401
+from adapters_jax.merging import merge_adapters  # noqa: E402,F401

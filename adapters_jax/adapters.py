@@ -50,7 +50,9 @@ def add_adapters(base, spec, name: str = "default", head=None, rng=None):
     model = model.clone(adapters=setup, **({"head": head} if head is not None else {}))
     rng = jax.random.PRNGKey(0) if rng is None else rng
     ids = family_of(cfg.model_type).dummy_inputs(cfg)
-    _, state = model.apply({"params": params}, ids, mutable=["params"], rngs={"params": rng})
+    run = model if setup.bank is None else model.clone(  # a bank needs a slot per example: slot 0 for the dummy run
+        adapters=dataclasses.replace(setup, ids=jnp.zeros((ids.shape[0],), jnp.int32)))
+    _, state = run.apply({"params": params}, ids, mutable=["params"], rngs={"params": rng})
     new_params = state["params"]
     old, new = paths.flat(params), paths.flat(new_params)
     added = [k for k in new if k not in old]

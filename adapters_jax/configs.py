@@ -342,6 +342,34 @@ class NamedAdapter:
 
 
 @dataclass(frozen=True)
+class Bank:
+    """K adapters of one setup stacked on a leading axis (adapters_jax/bank.py): each example picks a slot.
+
+    `methods` is the slots' common shape (the largest LoRA rank and bottleneck size of
+    the members; smaller members are zero-padded, which is exact); `slots[k]` is the
+    adapter in slot k with its own configs (its LoRA scaling), or None for a free slot.
+    """
+
+    name: str
+    methods: tuple[MethodConfig, ...]
+    slots: tuple[NamedAdapter | None, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.slots)
+
+    def of(self, cls):
+        return [m for m in self.methods if isinstance(m, cls)]
+
+    def slot(self, name: str) -> int:
+        for k, a in enumerate(self.slots):
+            if a is not None and a.name == name:
+                return k
+        raise AdapterConfigError(f"bank {self.name!r} holds no adapter named {name!r}; it holds "
+                                 f"{[a.name for a in self.slots if a is not None]}")
+
+
+@dataclass(frozen=True)
 class AdapterSetup:
     """The named adapters of a model and which of them run in the forward pass.
 
@@ -356,6 +384,9 @@ class AdapterSetup:
     adapters: tuple[NamedAdapter, ...] = ()
     active: tuple[str, ...] = ()
     merged: tuple[str, ...] = ()
+    bank: Bank | None = None  # runs beside the active adapters, a slot per example (bank.route)
+    # the slot of each example [B] (-1: none), set per call by bank.route; data, not part of the setup's identity
+    ids: object = field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -386,3 +417,6 @@ class AdapterSetup:
 
     def active_methods(self, cls) -> list[tuple[str, MethodConfig]]:
         return [(n, m) for n in self.active for m in self.get(n).of(cls)]
+
+    def bank_methods(self, cls) -> list[tuple[str, MethodConfig]]:
+        return [(self.bank.name, m) for m in self.bank.of(cls)] if self.bank is not None else []

@@ -23,8 +23,11 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+import numpy as np
+
 from adapters_jax import paths, primitives
 from adapters_jax.configs import IA3, Bottleneck, LoRA, PrefixTuning, PromptTuning
+from adapters_jax.modules import banked
 from adapters_jax.modules.bottleneck import BottleneckAdapter, apply_stack
 from adapters_jax.modules.lora import IA3Scale, LoRAUpdate
 from adapters_jax.modules.prefix import PrefixKV
@@ -34,6 +37,24 @@ from adapters_jax.modules.prompt import SoftPrompt
 def _active(module, cls):
     setup = module.adapters
     return setup.active_methods(cls) if setup is not None else []
+
+
+def _banked(module, cls):
+    """The bank's config of this method, as [(bank name, config)] (empty without a bank or without it)."""
+    setup = module.adapters
+    return setup.bank_methods(cls) if setup is not None else []
+
+
+def _bank_ids(module):
+    setup = module.adapters
+    if setup.ids is None:
+        raise ValueError(f"this model has adapter bank {setup.bank.name!r}: call it through "
+                         "adapters_jax.bank.route(model, adapter_ids) so each example names its slot")
+    return setup.ids
+
+
+def _rng(module, deterministic, rate):
+    return None if deterministic or rate <= 0.0 else module.make_rng("dropout")
 
 
 def _path(module) -> str:
@@ -88,36 +109,53 @@ class AdaptedLinear(primitives.Linear):
         return linear_output(self, x_BxTxI, self.project(x_BxTxI), deterministic)
 
 
-def scale_linear_input(linear, x_BxTxI):
+def _ia3(linear, h_BxTxN, where: str):
+    """IA3 scales of the active adapters and the bank that act on this projection's `where` (input/output)."""
     path = _path(linear)
-    hits = [(n, c) for n, c in _active(linear, IA3) if targets(c, path) == "input"]
-    if hits:
-        def run(group):
-            out = x_BxTxI
-            for name, _ in hits:
-                out = IA3Scale(x_BxTxI.shape[-1], linear.dtype, name=name, parent=group)(out)
-            return out
-        x_BxTxI = _Group(name="ia3")(run)
-    return x_BxTxI
+    hits = [(n, c) for n, c in _active(linear, IA3) if targets(c, path) == where]
+    bank = [(n, c) for n, c in _banked(linear, IA3) if targets(c, path) == where]
+    if not hits and not bank:
+        return h_BxTxN
+
+    def run(group):
+        out = h_BxTxN
+        for name, _ in hits:
+            out = IA3Scale(h_BxTxN.shape[-1], linear.dtype, name=name, parent=group)(out)
+        for name, _ in bank:
+            p = banked.Stacked(lambda: (IA3Scale(h_BxTxN.shape[-1], linear.dtype, parent=None), (h_BxTxN[:1],)),
+                               linear.adapters.bank.size, name=name, parent=group)()
+            out = banked.ia3(p, linear.adapters.bank.size, out, _bank_ids(linear), linear.dtype)
+        return out
+    return _Group(name="ia3")(run)
+
+
+def scale_linear_input(linear, x_BxTxI):
+    return _ia3(linear, x_BxTxI, "input")
 
 
 def linear_output(linear, x_BxTxI, y_BxTxO, deterministic):
     path = _path(linear)
     loras = [(n, c) for n, c in _active(linear, LoRA) if targets(c, path) == "output"]
-    if loras:
+    bank = [(n, c) for n, c in _banked(linear, LoRA) if targets(c, path) == "output"]
+    if loras or bank:
         def run(group):
-            return sum(LoRAUpdate(c, linear.features, linear.dtype, name=n, parent=group)(x_BxTxI, deterministic)
-                       for n, c in loras)
-        y_BxTxO = y_BxTxO + _Group(name="lora")(run)
-    ia3s = [(n, c) for n, c in _active(linear, IA3) if targets(c, path) == "output"]
-    if ia3s:
-        def run(group):
-            out = y_BxTxO
-            for name, _ in ia3s:
-                out = IA3Scale(linear.features, linear.dtype, name=name, parent=group)(out)
+            out = sum(LoRAUpdate(c, linear.features, linear.dtype, name=n, parent=group)(x_BxTxI, deterministic)
+                      for n, c in loras)
+            for name, c in bank:
+                single = LoRAUpdate(c, linear.features, linear.dtype, parent=None)
+                p = banked.Stacked(lambda: (single, (x_BxTxI[:1], True)), linear.adapters.bank.size, name=name,
+                                   parent=group)()
+                out = out + banked.lora(p, lora_scalings(linear.adapters.bank), x_BxTxI, _bank_ids(linear),
+                                        c.dropout, _rng(group, deterministic, c.dropout), linear.dtype)
             return out
-        y_BxTxO = _Group(name="ia3")(run)
-    return y_BxTxO
+        y_BxTxO = y_BxTxO + _Group(name="lora")(run)
+    return _ia3(linear, y_BxTxO, "output")
+
+
+def lora_scalings(bank) -> np.ndarray:
+    """[K] each slot's own LoRA scaling (alpha/r of its member; 0 for a free slot)."""
+    return np.asarray([a.of(LoRA)[0].scaling if a is not None and a.of(LoRA) else 0.0 for a in bank.slots],
+                      np.float32)
 
 
 def bottleneck(module, location, h_BxTxD, x_in_BxTxD, layer_norm, deterministic, family: str):
@@ -128,19 +166,35 @@ def bottleneck(module, location, h_BxTxD, x_in_BxTxD, layer_norm, deterministic,
     """
     group = paths.BOTTLENECK_GROUP[family][location]
     idx = paths.layer_index(_path(module))
-    hits = [(n, c) for n, c in _active(module, Bottleneck)
-            if getattr(c, location) and (idx is None or idx not in c.leave_out)]
-    if not hits:
+    here = lambda c: getattr(c, location) and (idx is None or idx not in c.leave_out)  # noqa: E731
+    hits = [(n, c) for n, c in _active(module, Bottleneck) if here(c)]
+    bank = [(n, c) for n, c in _banked(module, Bottleneck) if here(c)]
+    if not hits and not bank:
         return layer_norm(h_BxTxD + x_in_BxTxD) if layer_norm is not None else h_BxTxD + x_in_BxTxD
 
     def run(group):
         mods = [BottleneckAdapter(c, module.dtype, name=n, parent=group) for n, c in hits]
-        return apply_stack(mods, [c for _, c in hits], h_BxTxD, x_in_BxTxD, layer_norm, deterministic)
+        cfgs = [c for _, c in hits]
+        if not bank:
+            return apply_stack(mods, cfgs, h_BxTxD, x_in_BxTxD, layer_norm, deterministic)
+        (name, c), = bank  # the bank's adapter runs last in the Stack; id -1 rows take the stack without it
+        ids_B, size = _bank_ids(module), module.adapters.bank.size
+        single = BottleneckAdapter(c, module.dtype, parent=None)
+        p = banked.Stacked(lambda: (single, (h_BxTxD[:1], h_BxTxD[:1], True)), size, name=name, parent=group)()
+        rng = _rng(group, deterministic, c.dropout)
+
+        def slot_adapter(x_BxTxD, residual_BxTxD, det):
+            return banked.per_example(single, p, size, ids_B, (x_BxTxD, residual_BxTxD), (det,), rng)
+        with_bank = apply_stack(mods + [slot_adapter], cfgs + [c], h_BxTxD, x_in_BxTxD, layer_norm, deterministic)
+        without = (apply_stack(mods, cfgs, h_BxTxD, x_in_BxTxD, layer_norm, deterministic) if mods else
+                   layer_norm(h_BxTxD + x_in_BxTxD) if layer_norm is not None else h_BxTxD + x_in_BxTxD)
+        return jnp.where(banked.slots(ids_B, size)[1][:, None, None], with_bank, without)
     return _Group(name=group)(run)
 
 
 def has_active(module, cls) -> bool:
-    return bool(_active(module, cls))
+    """Whether an active adapter or the bank has this method."""
+    return bool(_active(module, cls) or _banked(module, cls))
 
 
 class PromptPool(nn.Module):
@@ -150,12 +204,21 @@ class PromptPool(nn.Module):
 
     @nn.compact
     def __call__(self, w_BxTxD, mask_BxT, table_VxD):
-        hits = self.adapters.active_methods(PromptTuning)
-        p_PxD = jnp.concatenate([SoftPrompt(c, table_VxD, name=n)() for n, c in hits], 0).astype(w_BxTxD.dtype)
-        b, n = w_BxTxD.shape[0], p_PxD.shape[0]
-        w_BxSxD = jnp.concatenate([jnp.broadcast_to(p_PxD, (b, n, p_PxD.shape[1])), w_BxTxD], axis=1)
-        mask_BxS = jnp.concatenate([jnp.ones((b, n), mask_BxT.dtype), mask_BxT], axis=1)
-        return w_BxSxD, mask_BxS, n
+        b = w_BxTxD.shape[0]
+        parts, masks = [], []
+        for n, c in self.adapters.active_methods(PromptTuning):
+            p_PxD = SoftPrompt(c, table_VxD, name=n)().astype(w_BxTxD.dtype)
+            parts.append(jnp.broadcast_to(p_PxD, (b,) + p_PxD.shape))
+            masks.append(jnp.ones((b, p_PxD.shape[0]), mask_BxT.dtype))
+        for n, c in self.adapters.bank_methods(PromptTuning):  # each example its slot's prompt; id -1: masked out
+            size, ids_B = self.adapters.bank.size, _bank_ids(self)
+            p = banked.Stacked(lambda: (SoftPrompt(c, table_VxD, parent=None), ()), size, name=n)()
+            idx_B, valid_B = banked.slots(ids_B, size)
+            parts.append(p["prompt_embedding"][idx_B].astype(w_BxTxD.dtype))
+            masks.append(jnp.broadcast_to(valid_B[:, None], (b, c.prompt_length)).astype(mask_BxT.dtype))
+        w_BxSxD = jnp.concatenate(parts + [w_BxTxD], axis=1)
+        mask_BxS = jnp.concatenate(masks + [mask_BxT], axis=1)
+        return w_BxSxD, mask_BxS, w_BxSxD.shape[1] - w_BxTxD.shape[1]
 
 
 class PrefixPool(nn.Module):
@@ -170,14 +233,30 @@ class PrefixPool(nn.Module):
 
     @nn.compact
     def __call__(self, batch: int, deterministic: bool):
-        hits = self.adapters.active_methods(PrefixTuning)
-        kvs = [(c, PrefixKV(c, self.n_layers, self.n_heads, self.head_dim, self.hidden, self.dtype, name=n)(
-            batch, deterministic)) for n, c in hits]
+        shape = (self.n_layers, self.n_heads, self.head_dim, self.hidden, self.dtype)
+        kvs = [(c, PrefixKV(c, *shape, name=n)(batch, deterministic), None)
+               for n, c in self.adapters.active_methods(PrefixTuning)]
+        for n, c in self.adapters.bank_methods(PrefixTuning):  # each example its slot's prefix; id -1: masked out
+            size, ids_B = self.adapters.bank.size, _bank_ids(self)
+            single = PrefixKV(c, *shape, parent=None)
+            p = banked.Stacked(lambda: (single, (1, True)), size, name=n)()
+            rng = _rng(self, deterministic, c.dropout)
+            kv = banked.per_example(single, p, size, ids_B, (), (1, deterministic), rng)
+            kvs.append((c, kv, banked.slots(ids_B, size)[1]))
         per_layer = []
         for i in range(self.n_layers):
-            ks = [kv[:, :, i, 0] for c, kv in kvs if i not in c.leave_out]
-            vs = [kv[:, :, i, 1] for c, kv in kvs if i not in c.leave_out]
-            per_layer.append((jnp.concatenate(ks, 1), jnp.concatenate(vs, 1)) if ks else None)
+            here = [(kv, valid) for c, kv, valid in kvs if i not in c.leave_out]
+            if not here:
+                per_layer.append(None)
+                continue
+            k = jnp.concatenate([kv[:, :, i, 0] for kv, _ in here], 1)
+            v = jnp.concatenate([kv[:, :, i, 1] for kv, _ in here], 1)
+            if all(valid is None for _, valid in here):
+                per_layer.append((k, v))
+                continue
+            seen_BxP = jnp.concatenate([jnp.ones(kv.shape[:2], bool) if valid is None else
+                                        jnp.broadcast_to(valid[:, None], kv.shape[:2]) for kv, valid in here], 1)
+            per_layer.append((k, v, seen_BxP))  # prefix.prepend masks the unseen positions
         return per_layer
 
 
@@ -193,7 +272,7 @@ def prompt(module, w_BxTxD, mask_BxT, table_VxD):
 
 def prompt_length(module) -> int:
     """How many soft-prompt positions `prompt` puts in front of the tokens (0 without prompt adapters)."""
-    return sum(c.prompt_length for _, c in _active(module, PromptTuning))
+    return sum(c.prompt_length for _, c in _active(module, PromptTuning) + _banked(module, PromptTuning))
 
 
 def prefixes(module, n_layers, n_kv_heads, head_dim, hidden, batch, deterministic):

@@ -43,11 +43,21 @@ class PrefixKV(nn.Module):
 
 
 def prepend(prefix, k_BxSxNxK, v_BxSxNxK, bias_Bx1x1xS):
-    """Put a layer's prefix keys/values [B, P, N, K] in front of its own; the mask sees them."""
-    pk_BxPxNxK, pv_BxPxNxK = prefix
+    """Put a layer's prefix keys/values [B, P, N, K] in front of its own; the mask sees them.
+
+    A third element seen [B, P] (an adapter bank's prefixes) hides the positions where it is False.
+    """
+    pk_BxPxNxK, pv_BxPxNxK = prefix[:2]
     b, p = pk_BxPxNxK.shape[:2]
     k = jnp.concatenate([pk_BxPxNxK.astype(k_BxSxNxK.dtype), k_BxSxNxK], axis=1)
     v = jnp.concatenate([pv_BxPxNxK.astype(v_BxSxNxK.dtype), v_BxSxNxK], axis=1)
+    if len(prefix) == 3:
+        dtype = bias_Bx1x1xS.dtype if bias_Bx1x1xS is not None else jnp.float32
+        pbias_Bx1x1xP = jnp.where(prefix[2], 0.0, jnp.finfo(dtype).min).astype(dtype)[:, None, None, :]
+        if bias_Bx1x1xS is None:
+            bias_Bx1x1xS = jnp.zeros((b, 1, 1, k_BxSxNxK.shape[1]), dtype)
+        pbias = jnp.broadcast_to(pbias_Bx1x1xP, bias_Bx1x1xS.shape[:-1] + (p,))
+        return k, v, jnp.concatenate([pbias, bias_Bx1x1xS], axis=-1)
     if bias_Bx1x1xS is not None:
         zeros_Bx1x1xP = jnp.zeros(bias_Bx1x1xS.shape[:-1] + (p,), bias_Bx1x1xS.dtype)
         bias_Bx1x1xS = jnp.concatenate([zeros_Bx1x1xP, bias_Bx1x1xS], axis=-1)

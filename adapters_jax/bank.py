@@ -1,0 +1,187 @@
+"""Many adapters on one base in one batch: the adapter bank.
+
+    model, params = add_adapters(base, "lora[r=8]", name="a"); ...          # named adapters, as usual
+    model, params = bank.build((model, params), ["a", "b", "c"])             # stacked: .../lora/bank/lora_A [3, in, 8]
+    out = bank.route(model, ids).apply({"params": params}, input_ids, mask)  # ids [B]: a slot per example, -1 = base
+
+A bank holds K adapters of one setup (the same methods, targets and options)
+on a leading slot axis; which example uses which slot is data (`ids`), so a
+batch mixes adapters in one compiled step and changing the mix never
+recompiles. Members may differ in LoRA rank and alpha and in bottleneck size:
+smaller members are zero-padded to the largest, which adds exactly nothing
+(padded LoRA columns of A meet zero rows of B; padded bottleneck units have
+zero up-projection rows). Each example's output equals its adapter run alone
+(tests/test_bank.py, every method). The math is adapters_jax/modules/banked.py.
+
+`route` must be called inside the jitted function, on the traced ids. Free
+slots (size > members) start as fresh adapters (LoRA and bottleneck: the
+identity) until `write` puts an adapter there; a write that keeps the slot's
+LoRA scaling keeps the model, and so the compiled step.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adapters_jax import configs, paths
+from adapters_jax.configs import AdapterConfigError, Bank, Bottleneck, LoRA
+from adapters_jax.models import Loaded, family_of
+
+# The fields members may differ in (padded or per slot); every other field must be equal.
+_MAY_DIFFER = {LoRA: ("r", "alpha", "use_rslora"), Bottleneck: ("bottleneck", "reduction_factor")}
+
+
+def route(model, ids_B):
+    """The model with each example b running bank slot ids_B[b] (-1: the base and the active adapters alone)."""
+    setup = model.adapters
+    if setup is None or setup.bank is None:
+        raise AdapterConfigError("this model has no adapter bank; build one with adapters_jax.bank.build")
+    ids_B = jnp.asarray(ids_B, jnp.int32)
+    head = model.head.clone(ids=ids_B) if hasattr(model.head, "ids") else model.head
+    return model.clone(adapters=dataclasses.replace(setup, ids=ids_B), head=head)
+
+
+def check_ids(model, ids_B) -> None:
+    """Refuse host-side ids outside -1..K-1 (inside jit an id is clamped, so check before)."""
+    k = model.adapters.bank.size
+    ids_B = np.asarray(ids_B)
+    bad = ids_B[(ids_B < -1) | (ids_B >= k)]
+    if bad.size:
+        raise AdapterConfigError(f"adapter ids {sorted(set(bad.tolist()))[:5]} out of range for bank "
+                                 f"{model.adapters.bank.name!r} of {k} slots (-1 = the base alone)")
+
+
+def _shape_of(members: list[configs.NamedAdapter], hidden: int) -> tuple:
+    """The bank's methods: the members' common configs with the largest rank / bottleneck size."""
+    first = members[0]
+    kinds = [type(m) for m in first.methods]
+    for a in members[1:]:
+        if [type(m) for m in a.methods] != kinds:
+            raise AdapterConfigError(f"adapters {first.name!r} ({first.spec}) and {a.name!r} ({a.spec}) have "
+                                     "different methods; a bank holds adapters of one setup")
+    out = []
+    for i, m0 in enumerate(first.methods):
+        differ = _MAY_DIFFER.get(type(m0), ())
+        for a in members[1:]:
+            m = a.methods[i]
+            for f in dataclasses.fields(m0):
+                if f.name not in differ and getattr(m, f.name) != getattr(m0, f.name):
+                    raise AdapterConfigError(
+                        f"adapters {first.name!r} and {a.name!r} differ in {m0.method}.{f.name} "
+                        f"({getattr(m0, f.name)!r} vs {getattr(m, f.name)!r}); a bank's members may differ only in "
+                        f"{', '.join(d for ds in _MAY_DIFFER.values() for d in ds)}")
+        ms = [a.methods[i] for a in members]
+        if isinstance(m0, LoRA):
+            m0 = dataclasses.replace(m0, r=max(m.r for m in ms))
+        elif isinstance(m0, Bottleneck):
+            m0 = dataclasses.replace(m0, bottleneck=max(m.size(hidden) for m in ms))
+        out.append(m0)
+    return tuple(out)
+
+
+def build(base, names: list[str], name: str = "bank", size: int | None = None, rng=None):
+    """Stack the named adapters `names` into bank `name` of `size` slots (default: one per name).
+
+    Returns (model, params): the model's setup holds the bank (the members stay as named
+    adapters too, so each can still run alone); params gain the bank's [K, ...] leaves,
+    slot k holding names[k] zero-padded to the bank's shape.
+    """
+    model, params = (base.model, base.params) if isinstance(base, Loaded) else base
+    setup = model.adapters or configs.AdapterSetup()
+    if setup.bank is not None:
+        raise AdapterConfigError(f"this model already has bank {setup.bank.name!r}")
+    if not names:
+        raise AdapterConfigError("a bank needs at least one adapter")
+    if len(set(names)) != len(names):
+        raise AdapterConfigError(f"adapter names repeat in {names}")
+    size = len(names) if size is None else size
+    if size < len(names):
+        raise AdapterConfigError(f"size={size} slots cannot hold {len(names)} adapters")
+    members = [setup.get(n) for n in names]
+    if not name.isidentifier() or name in setup.names:
+        raise AdapterConfigError(f"bank name {name!r} must be an identifier and not an adapter's name")
+    bank = Bank(name, _shape_of(members, model.config.hidden_size), tuple(members) + (None,) * (size - len(members)))
+    model = model.clone(adapters=dataclasses.replace(setup, bank=bank))
+    params = _init_new_leaves(model, params, rng)
+    flat = paths.flat(params)
+    for k, member in enumerate(names):
+        flat = _write_slot(flat, name, k, member)
+    return model, paths.unflat(flat)
+
+
+def _init_new_leaves(model, params, rng):
+    """params plus the leaves a forward pass of `model` creates (the bank's, freshly initialised)."""
+    cfg = model.config
+    ids = family_of(cfg.model_type).dummy_inputs(cfg)
+    routed = route(model, jnp.zeros((ids.shape[0],), jnp.int32))
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    _, state = routed.apply({"params": params}, ids, mutable=["params"], rngs={"params": rng})
+    old, new = paths.flat(params), paths.flat(state["params"])
+    return paths.unflat({**old, **{k: v for k, v in new.items() if k not in old}})
+
+
+def _write_slot(flat: dict, bank_name: str, k: int, member: str) -> dict:
+    out = dict(flat)
+    for path, leaf in flat.items():
+        if paths.adapter_of(path) != bank_name:
+            continue
+        src = paths.rename_adapter(path, bank_name, member)
+        if src not in flat:
+            raise AdapterConfigError(f"adapter {member!r} has no leaf {src} for bank leaf {path}")
+        v = jnp.asarray(flat[src], leaf.dtype)
+        if v.ndim != leaf.ndim - 1 or any(a > b for a, b in zip(v.shape, leaf.shape[1:])):
+            raise AdapterConfigError(f"{src} {tuple(v.shape)} does not fit bank slot {tuple(leaf.shape[1:])}")
+        v = jnp.pad(v, [(0, b - a) for a, b in zip(v.shape, leaf.shape[1:])])  # zeros: exact (module docstring)
+        out[path] = leaf.at[k].set(v)
+    return out
+
+
+def write(model, params, slot: int, name: str):
+    """Put named adapter `name` (already in params) into bank slot `slot`; returns (model, params).
+
+    The bank's shape does not change, so a jitted step compiled for it runs the new slot
+    without recompiling as long as the slot's LoRA scaling is unchanged (it is static).
+    """
+    setup = model.adapters
+    bank = setup.bank
+    if bank is None:
+        raise AdapterConfigError("this model has no adapter bank")
+    if not 0 <= slot < bank.size:
+        raise AdapterConfigError(f"slot {slot} out of range for bank {bank.name!r} of {bank.size} slots")
+    member = setup.get(name)
+    as_bank = configs.NamedAdapter(f"bank {bank.name}", "", bank.methods)
+    shape = _shape_of([as_bank, member], model.config.hidden_size)
+    if shape != bank.methods:
+        raise AdapterConfigError(f"adapter {name!r} ({member.spec}) does not fit bank {bank.name!r}: larger rank or "
+                                 "bottleneck than the bank's")
+    flat = _write_slot(paths.flat(params), bank.name, slot, name)
+    slots = bank.slots[:slot] + (member,) + bank.slots[slot + 1:]
+    return model.clone(adapters=dataclasses.replace(setup, bank=dataclasses.replace(bank, slots=slots))), \
+        paths.unflat(flat)
+
+
+def unstack(model, params, slot: int, name: str):
+    """Bank slot `slot` as named adapter `name` with its member's own config (padding cut off)."""
+    from adapters_jax.adapters import add_adapters
+
+    bank = model.adapters.bank
+    member = bank.slots[slot] if bank is not None and 0 <= slot < bank.size else None
+    if member is None:
+        raise AdapterConfigError(f"bank slot {slot} holds no adapter")
+    active = model.adapters.active
+    model, params = add_adapters((model, params), member.methods, name=name)
+    flat = paths.flat(params)
+    for path, leaf in list(flat.items()):
+        if paths.adapter_of(path) == name:
+            stacked = flat[paths.rename_adapter(path, name, bank.name)][slot]
+            flat[path] = stacked[tuple(slice(0, n) for n in leaf.shape)]
+    return model.clone(adapters=model.adapters.activate(*active)), paths.unflat(flat)
+
+
+def slot_params(params, bank_name: str, slot: int) -> dict:
+    """The [K, ...] bank leaves of one slot (padded shape), keyed by path."""
+    return {k: v[slot] for k, v in paths.flat(params).items() if paths.adapter_of(k) == bank_name}
+

@@ -1,0 +1,96 @@
+"""The adapter bank's forward pass: K adapters stacked on a leading axis, a slot per example.
+
+A bank's params are one adapter's params with a leading slot axis, under the
+bank's name where an adapter's name would be (adapters_jax/paths.py):
+
+    .../query/lora/<bank>/lora_A [K, in, r]        .../output/adapters/<bank>/adapter_down/kernel [K, D, M]
+
+Example b reads slot ids[b]: its params are gathered ([B, ...]) and it computes
+what that adapter computes alone: the same two products batched over examples
+for LoRA, the same scale for IA3, the same linen module applied per example
+(`jax.vmap` over the batch) for bottleneck and prefix adapters. ids[b] = -1
+runs the base there: the LoRA update is zeroed, the IA3 scale is one, the
+bottleneck output is the block's own, the prefix and prompt positions are
+masked out of attention. Members smaller than the bank (LoRA rank, bottleneck
+size) are zero-padded by adapters_jax/bank.py; padded rows and columns add
+exactly nothing. Dropout inside a banked adapter draws per example.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adapters_jax.primitives import dropout
+
+
+class Stacked(nn.Module):
+    """Declares the bank's params: each top-level key of one adapter's params, with a leading [K] axis.
+
+    `factory()` returns (an unbound module for one adapter, example call args); a fresh
+    bank initialises each slot as that adapter would be, with its own rng.
+    """
+
+    factory: Callable
+    size: int
+
+    @nn.compact
+    def __call__(self) -> dict:
+        single, args = self.factory()
+        shapes = jax.eval_shape(lambda: single.init(jax.random.PRNGKey(0), *args)["params"])
+
+        def init_for(key):
+            def init(rng):
+                return jax.vmap(lambda r: single.init(r, *args)["params"][key])(jax.random.split(rng, self.size))
+            return init
+
+        return {k: self.param(k, init_for(k)) for k in shapes}
+
+
+def slots(ids_B, size: int):
+    """(slot index clamped into range [B], valid [B]: the example uses a slot, not the base alone)."""
+    ids_B = jnp.asarray(ids_B, jnp.int32)
+    return jnp.clip(ids_B, 0, size - 1), ids_B >= 0
+
+
+def gather(tree, idx_B):
+    return jax.tree_util.tree_map(lambda a: a[idx_B], tree)
+
+
+def lora(p, scaling_K: np.ndarray, x_BxTxI, ids_B, rate: float, rng, dtype):
+    """Each example's LoRA update (alpha/r) * dropout(x) A B with its slot's A, B and scaling; 0 for id -1."""
+    idx_B, valid_B = slots(ids_B, scaling_K.shape[0])
+    if rng is not None and rate > 0.0:
+        x_BxTxI = dropout(x_BxTxI, rate, rng)
+    h_BxTxR = jnp.einsum("bti,bir->btr", x_BxTxI, p["lora_A"][idx_B].astype(dtype))
+    up_BxTxO = jnp.einsum("btr,bro->bto", h_BxTxR, p["lora_B"][idx_B].astype(dtype))
+    s_B = jnp.where(valid_B, jnp.asarray(scaling_K, dtype)[idx_B], 0)
+    return up_BxTxO * s_B[:, None, None]
+
+
+def ia3(p, size: int, h_BxTxN, ids_B, dtype):
+    """Each example's IA3 scale of h (ones for id -1)."""
+    idx_B, valid_B = slots(ids_B, size)
+    l_BxN = jnp.where(valid_B[:, None], p["ia3_l"][idx_B].astype(dtype), jnp.ones((), dtype))
+    return h_BxTxN * l_BxN[:, None, :]
+
+
+def per_example(single, p, size: int, ids_B, args_B: tuple, static: tuple = (), rng=None):
+    """`single` applied to each example with its slot's params: vmap over the batch of gathered params.
+
+    args_B are batched ([B, ...], each example gets its own row, a leading axis of 1 added back);
+    static args are passed as they are. Dropout keys: one per example from `rng`.
+    """
+    idx_B, _ = slots(ids_B, size)
+    keys = jax.random.split(rng, idx_B.shape[0]) if rng is not None else None
+
+    def one(params, key, *args):
+        rngs = {"dropout": key} if key is not None else {}
+        out = single.apply({"params": params}, *(a[None] for a in args), *static, rngs=rngs)
+        return jax.tree_util.tree_map(lambda o: o[0], out)
+
+    return jax.vmap(one, in_axes=(0, 0 if keys is not None else None) + (0,) * len(args_B))(
+        gather(p, idx_B), keys, *args_B)

@@ -50,8 +50,7 @@ def add_adapters(base, spec, name: str = "default", head=None, rng=None):
     model = model.clone(adapters=setup, **({"head": head} if head is not None else {}))
     rng = jax.random.PRNGKey(0) if rng is None else rng
     ids = family_of(cfg.model_type).dummy_inputs(cfg)
-    run = model if setup.bank is None else model.clone(  # a bank needs a slot per example: slot 0 for the dummy run
-        adapters=dataclasses.replace(setup, ids=jnp.zeros((ids.shape[0],), jnp.int32)))
+    run = model if setup.bank is None else route(model, jnp.zeros((ids.shape[0],), jnp.int32))  # slot 0: a dummy run
     _, state = run.apply({"params": params}, ids, mutable=["params"], rngs={"params": rng})
     new_params = state["params"]
     old, new = paths.flat(params), paths.flat(new_params)
@@ -61,6 +60,20 @@ def add_adapters(base, spec, name: str = "default", head=None, rng=None):
     merged = dict(old)
     merged.update({k: new[k] for k in added})
     return model, paths.unflat(merged)
+
+
+def route(model, ids_B):
+    """The model with each example b running adapter-bank slot ids_B[b] (-1: the base and active adapters alone).
+
+    Call it inside the jitted function on the traced ids (adapters_jax/bank.py); a per-slot
+    head (heads.SlotClassification) follows the same ids.
+    """
+    setup = model.adapters
+    if setup is None or setup.bank is None:
+        raise AdapterConfigError("this model has no adapter bank; build one with adapters_jax.bank.build")
+    ids_B = jnp.asarray(ids_B, jnp.int32)
+    head = model.head.clone(ids=ids_B) if hasattr(model.head, "ids") else model.head
+    return model.clone(adapters=dataclasses.replace(setup, ids=ids_B), head=head)
 
 
 def _check_targets(setup: AdapterSetup, name: str, added: list[str], model) -> None:

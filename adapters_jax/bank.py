@@ -27,21 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from adapters_jax import configs, paths
+from adapters_jax.adapters import add_adapters, route  # noqa: F401  (route: this module's entry point)
 from adapters_jax.configs import AdapterConfigError, Bank, Bottleneck, LoRA
 from adapters_jax.models import Loaded, family_of
 
 # The fields members may differ in (padded or per slot); every other field must be equal.
 _MAY_DIFFER = {LoRA: ("r", "alpha", "use_rslora"), Bottleneck: ("bottleneck", "reduction_factor")}
-
-
-def route(model, ids_B):
-    """The model with each example b running bank slot ids_B[b] (-1: the base and the active adapters alone)."""
-    setup = model.adapters
-    if setup is None or setup.bank is None:
-        raise AdapterConfigError("this model has no adapter bank; build one with adapters_jax.bank.build")
-    ids_B = jnp.asarray(ids_B, jnp.int32)
-    head = model.head.clone(ids=ids_B) if hasattr(model.head, "ids") else model.head
-    return model.clone(adapters=dataclasses.replace(setup, ids=ids_B), head=head)
 
 
 def check_ids(model, ids_B) -> None:
@@ -82,12 +73,14 @@ def _shape_of(members: list[configs.NamedAdapter], hidden: int) -> tuple:
     return tuple(out)
 
 
-def build(base, names: list[str], name: str = "bank", size: int | None = None, rng=None):
+def build(base, names: list[str], name: str = "bank", size: int | None = None, rng=None, head=None,
+          keep_members: bool = True):
     """Stack the named adapters `names` into bank `name` of `size` slots (default: one per name).
 
-    Returns (model, params): the model's setup holds the bank (the members stay as named
-    adapters too, so each can still run alone); params gain the bank's [K, ...] leaves,
-    slot k holding names[k] zero-padded to the bank's shape.
+    Returns (model, params): the model's setup holds the bank; params gain the bank's [K, ...]
+    leaves, slot k holding names[k] zero-padded to the bank's shape. The members stay as named
+    adapters (each can still run alone) unless keep_members=False. `head`: a per-slot head
+    (heads.SlotClassification, one per member) to attach and initialise.
     """
     model, params = (base.model, base.params) if isinstance(base, Loaded) else base
     setup = model.adapters or configs.AdapterSetup()
@@ -104,11 +97,16 @@ def build(base, names: list[str], name: str = "bank", size: int | None = None, r
     if not name.isidentifier() or name in setup.names:
         raise AdapterConfigError(f"bank name {name!r} must be an identifier and not an adapter's name")
     bank = Bank(name, _shape_of(members, model.config.hidden_size), tuple(members) + (None,) * (size - len(members)))
-    model = model.clone(adapters=dataclasses.replace(setup, bank=bank))
+    model = model.clone(adapters=dataclasses.replace(setup, bank=bank), **({"head": head} if head else {}))
     params = _init_new_leaves(model, params, rng)
     flat = paths.flat(params)
     for k, member in enumerate(names):
         flat = _write_slot(flat, name, k, member)
+    if not keep_members:
+        flat = {k: v for k, v in flat.items() if paths.adapter_of(k) not in names}
+        kept = dataclasses.replace(model.adapters, adapters=tuple(a for a in setup.adapters if a.name not in names),
+                                   active=tuple(n for n in setup.active if n not in names))
+        model = model.clone(adapters=kept)
     return model, paths.unflat(flat)
 
 
@@ -165,14 +163,12 @@ def write(model, params, slot: int, name: str):
 
 def unstack(model, params, slot: int, name: str):
     """Bank slot `slot` as named adapter `name` with its member's own config (padding cut off)."""
-    from adapters_jax.adapters import add_adapters
-
     bank = model.adapters.bank
     member = bank.slots[slot] if bank is not None and 0 <= slot < bank.size else None
     if member is None:
         raise AdapterConfigError(f"bank slot {slot} holds no adapter")
     active = model.adapters.active
-    model, params = add_adapters((model, params), member.methods, name=name)
+    model, params = add_adapters((model, params), member.spec, name=name)
     flat = paths.flat(params)
     for path, leaf in list(flat.items()):
         if paths.adapter_of(path) == name:

@@ -41,12 +41,14 @@ class rules:  # noqa: N801 (a namespace of rule builders)
 
 
 def labels(model, params, train: tuple[str, ...] | None = None, extra=()) -> dict:
-    """A pytree (same structure as params) of string labels."""
+    """A pytree (same structure as params) of string labels: the active adapters and the bank train by default."""
     setup = model.adapters
-    train = tuple(setup.active if setup is not None else ()) if train is None else tuple(train)
+    bank = () if setup is None or setup.bank is None else (setup.bank.name,)
+    train = tuple(setup.active if setup is not None else ()) + bank if train is None else tuple(train)
     if setup is not None:
         for n in train:
-            setup.get(n)  # raises naming the adapters that exist
+            if n not in bank:
+                setup.get(n)  # raises naming the adapters that exist
     compiled = [(re.compile(rx), lab) for rx, lab in extra]
     out = {}
     for path in paths.flat(params):

@@ -81,6 +81,13 @@ def main(argv):
 
         name = Path(FLAGS["config"].config_filename.split(":")[0]).stem
         workdir = FLAGS.workdir or os.path.join("runs", f"{name}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if config.get("tasks"):  # several tasks, one adapter each, in one bank
+            from adapters_jax.train import multitask
+
+            report = multitask.run(config, workdir)
+            print("; ".join(f"{k} {v * 100:.2f}%" for k, v in report.items() if k.endswith("test_accuracy"))
+                  + f"; train {report['train_s']:.0f}s, wall {report['wall_s']:.0f}s; {workdir}/report.json")
+            return 0
         report = loop.run(config, workdir, resume=FLAGS.resume)
     except AdaptersJaxError as e:
         refuse(e)

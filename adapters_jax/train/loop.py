@@ -76,13 +76,19 @@ def build(config):
     dtype = dtypes[config.dtype]
     kind = kinds.kind_of(config)  # checks the kind and its task settings before anything loads
     base = load(config.model, dtype=dtype, **dict(config.get("model_overrides", {})))
-    file_kw = {k: v for k, v in config.task_kwargs.items() if v is not None}  # for local files / hub sets
-    task = tasks.load(config.task) if config.task in tasks.names() else tasks.load(config.task, **file_kw)
+    task = load_task(config, config.task)
     head = kinds.head(config, task, kind)
     spec = config.adapter if config.adapter not in ("", "none") else None
     model, params = add_adapters(base, spec, name=config.adapter_name, head=head, rng=jax.random.PRNGKey(config.seed))
     labels = make_labels(model, params, extra=train_rules(config))
     return base, task, model, params, labels
+
+
+def load_task(config, name: str) -> tasks.Task:
+    """A built-in task by name, or a local file / hub set read with config.task_kwargs."""
+    if name in tasks.names():
+        return tasks.load(name)
+    return tasks.load(name, **{k: v for k, v in config.task_kwargs.items() if v is not None})
 
 
 def _lengths(config) -> list[int]:

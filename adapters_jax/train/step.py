@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adapters_jax import bank
 from adapters_jax.partition import merge
 
 
@@ -147,14 +148,19 @@ def example_keys(rng, batch):
 
 
 def forward(model, params, batch, deterministic: bool, rng=None, **kw):
+    """The model on a batch; batch["adapter_ids"] (when present) routes each row to its adapter bank slot."""
+    slots = batch.get("adapter_ids")
     if deterministic:
-        return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], deterministic=True, **kw)
+        m = model if slots is None else bank.route(model, slots)
+        return m.apply({"params": params}, batch["input_ids"], batch["attention_mask"], deterministic=True, **kw)
 
-    def one(ids_T, mask_T, key):
-        return model.apply({"params": params}, ids_T[None], mask_T[None], deterministic=False,
-                           rngs={"dropout": key}, **kw)[0]
+    def one(ids_T, mask_T, key, slot=None):
+        m = model if slot is None else bank.route(model, slot[None])
+        return m.apply({"params": params}, ids_T[None], mask_T[None], deterministic=False,
+                       rngs={"dropout": key}, **kw)[0]
 
-    return jax.vmap(one)(batch["input_ids"], batch["attention_mask"], example_keys(rng, batch))
+    args = (batch["input_ids"], batch["attention_mask"], example_keys(rng, batch)) + (() if slots is None else (slots,))
+    return jax.vmap(one)(*args)
 
 
 def loss_weight(batch, task: str):

@@ -32,6 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
         "max_distinct": 32,  # exact-match accuracy only when the responses are this label-like
     })
     c.pad_token = ""  # "": the tokenizer's pad token (an error if it has none); else a token of its vocabulary
+    # multi-task (adapters_jax/train/multitask.py): two or more tasks, one adapter each in one bank, trained at
+    # once on mixed batches; rows drawn proportional to the train sizes, their 1/temperature power, or uniform
+    c.tasks = []
+    c.multitask = ml_collections.ConfigDict({"sampling": "proportional", "temperature": 2.0})
     c.adapter = "houlsby[bottleneck=64,non_linearity=relu]"  # config string; "none" for head-only / full FT
     c.adapter_name = "default"
     c.full_finetune = False  # train every base param too (label "base")

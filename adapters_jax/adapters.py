@@ -22,6 +22,7 @@ import numpy as np
 from adapters_jax import configs, paths
 from adapters_jax.configs import AdapterConfigError, AdapterSetup, LoRA
 from adapters_jax.models import Loaded, family_of, fingerprint
+from adapters_jax.modules import composition
 from adapters_jax.modules.lora import lora_delta_kernel
 
 
@@ -96,9 +97,28 @@ def linear_paths(model) -> list[str]:
     return sorted({k.rsplit("/", 1)[0] for k in paths.flat(shapes["params"]) if k.endswith("/kernel")})
 
 
-def activate(model, *names: str):
-    """The same model with only `names` active (in that order: Stack order for bottlenecks)."""
-    return model.clone(adapters=model.adapters.activate(*names))
+def activate(model, *names):
+    """The same model with only `names` active (in that order: Stack order for bottlenecks), or one composition block.
+
+    activate(model, "a", "b") keeps today's meaning (bottlenecks as a Stack, every other method applied);
+    activate(model, Fuse("a", "b")) runs an AdapterHub composition block of bottleneck adapters
+    (Stack, Parallel, Fuse, Average, BatchSplit: adapters_jax/composition.py), refused with a
+    ConfigError naming the problem before anything changes. A Parallel block makes the model
+    repeat its inputs once per adapter (output [K*B, ...]).
+    """
+    setup = model.adapters
+    if not any(isinstance(n, composition.Block) for n in names):
+        return model.clone(adapters=setup.activate(*names))
+    if len(names) != 1:
+        raise AdapterConfigError(f"activate takes one composition block or adapter names, not {names!r}; "
+                                 "nest the names in the block")
+    block = names[0]
+    if setup is None:
+        raise AdapterConfigError(f"this model has no adapters to compose in {block!r}")
+    active = composition.check(setup, block, family_of(model.config.model_type).FAMILY)
+    setup = dataclasses.replace(setup.activate(*active), composition=block)
+    model = composition.replicating(model) if block.parallel_channels > 1 else model
+    return model.clone(adapters=setup)
 
 
 def merge_lora(model, params, name: str):

@@ -377,6 +377,10 @@ class AdapterSetup:
     `model.clone(adapters=setup.activate("a", "b"))`. Several active bottleneck
     adapters at one hook point run as AdapterHub's Stack (in `active` order);
     active LoRA/IA3/prefix/prompt adapters all apply (sum, product, concat).
+    `composition` is an AdapterHub composition block of bottleneck adapters
+    (modules/composition.py: Stack, Parallel, Fuse, Average, BatchSplit), set by
+    adapters.activate, which then also lists its adapters and fusion layers in `active`;
+    `activate` with plain names clears it.
     `merged` names the LoRA adapters folded into the base kernels (adapters.merge_lora):
     they cannot be activated (their update would count twice) or merged again.
     """
@@ -385,6 +389,7 @@ class AdapterSetup:
     active: tuple[str, ...] = ()
     merged: tuple[str, ...] = ()
     bank: Bank | None = None  # runs beside the active adapters, a slot per example (bank.route)
+    composition: object = None  # a composition block (hashable) run at the bottleneck hooks, or None
     # the slot of each example [B] (-1: none), set per call by bank.route; data, not part of the setup's identity
     ids: object = field(default=None, compare=False, hash=False, repr=False)
 
@@ -413,7 +418,7 @@ class AdapterSetup:
             if n in self.merged:
                 raise AdapterConfigError(f"adapter {n!r} is merged into the base kernels; activating it would apply "
                                          "its update twice (unmerge_lora it first)")
-        return dataclasses.replace(self, active=tuple(names))
+        return dataclasses.replace(self, active=tuple(names), composition=None)
 
     def active_methods(self, cls) -> list[tuple[str, MethodConfig]]:
         return [(n, m) for n in self.active for m in self.get(n).of(cls)]

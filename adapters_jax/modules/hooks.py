@@ -27,7 +27,8 @@ import numpy as np
 
 from adapters_jax import paths, primitives
 from adapters_jax.configs import IA3, Bottleneck, LoRA, PrefixTuning, PromptTuning
-from adapters_jax.modules import banked
+from adapters_jax.errors import ConfigError
+from adapters_jax.modules import banked, composition
 from adapters_jax.modules.bottleneck import BottleneckAdapter, apply_stack
 from adapters_jax.modules.lora import IA3Scale, LoRAUpdate
 from adapters_jax.modules.prefix import PrefixKV
@@ -167,10 +168,12 @@ def bottleneck(module, location, h_BxTxD, x_in_BxTxD, layer_norm, deterministic,
     group = paths.BOTTLENECK_GROUP[family][location]
     idx = paths.layer_index(_path(module))
     here = lambda c: getattr(c, location) and (idx is None or idx not in c.leave_out)  # noqa: E731
+    if module.adapters is not None and module.adapters.composition is not None:
+        return _composed(module, group, here, h_BxTxD, x_in_BxTxD, layer_norm, deterministic)
     hits = [(n, c) for n, c in _active(module, Bottleneck) if here(c)]
     bank = [(n, c) for n, c in _banked(module, Bottleneck) if here(c)]
     if not hits and not bank:
-        return layer_norm(h_BxTxD + x_in_BxTxD) if layer_norm is not None else h_BxTxD + x_in_BxTxD
+        return _add_and_norm(h_BxTxD, x_in_BxTxD, layer_norm)
 
     def run(group):
         mods = [BottleneckAdapter(c, module.dtype, name=n, parent=group) for n, c in hits]
@@ -187,8 +190,44 @@ def bottleneck(module, location, h_BxTxD, x_in_BxTxD, layer_norm, deterministic,
             return banked.per_example(single, p, size, ids_B, (x_BxTxD, residual_BxTxD), (det,), rng)
         with_bank = apply_stack(mods + [slot_adapter], cfgs + [c], h_BxTxD, x_in_BxTxD, layer_norm, deterministic)
         without = (apply_stack(mods, cfgs, h_BxTxD, x_in_BxTxD, layer_norm, deterministic) if mods else
-                   layer_norm(h_BxTxD + x_in_BxTxD) if layer_norm is not None else h_BxTxD + x_in_BxTxD)
+                   _add_and_norm(h_BxTxD, x_in_BxTxD, layer_norm))
         return jnp.where(banked.slots(ids_B, size)[1][:, None, None], with_bank, without)
+    return _Group(name=group)(run)
+
+
+def _add_and_norm(h_BxTxD, x_in_BxTxD, layer_norm):
+    """The sublayer's end without adapters: LayerNorm(h + x_in), or h + x_in without a LayerNorm."""
+    return layer_norm(h_BxTxD + x_in_BxTxD) if layer_norm is not None else h_BxTxD + x_in_BxTxD
+
+
+def _composed(module, group, here, h_BxTxD, x_in_BxTxD, layer_norm, deterministic):
+    """The active composition block at this hook (modules/composition.py); none of its adapters here: the plain end.
+
+    Its adapters' params are the named adapters' own (`<group>/<name>/`); a Fuse's fusion layer is
+    `<group>/<fusion name>/{query,key,value}` beside them.
+    """
+    setup = module.adapters
+    if setup.bank is not None:
+        raise ConfigError(f"bank {setup.bank.name!r} and composition {setup.composition!r} are both set; "
+                          "they do not run together (activate plain names beside a bank)")
+    block = setup.composition
+    cfgs = {n: c for n in block.flatten() for c in setup.get(n).of(Bottleneck) if here(c)}
+    if not cfgs:
+        return _add_and_norm(h_BxTxD, x_in_BxTxD, layer_norm)
+    c = module.config
+    attn_dropout = getattr(c, "attention_probs_dropout_prob", getattr(c, "attention_dropout", 0.0))
+
+    def run(group):
+        adapters = {n: (BottleneckAdapter(cfg, module.dtype, name=n, parent=group), cfg) for n, cfg in cfgs.items()}
+        made = {}
+
+        def fusion_layer(name):
+            if name not in made:
+                f = composition.fusion_of(setup, name)
+                rate = f.dropout_prob if f.dropout_prob is not None else attn_dropout  # AdapterHub's default
+                made[name] = (composition.FusionLayer(f, rate, module.dtype, name=name, parent=group), f)
+            return made[name]
+        return composition.compose(block, adapters, fusion_layer, h_BxTxD, x_in_BxTxD, layer_norm, deterministic)
     return _Group(name=group)(run)
 
 

@@ -113,8 +113,8 @@ def evaluate(kind: str, eval_fn, trainable, frozen, enc, config, pad_id, strateg
              tokenizer=None) -> dict:
     """A split's metrics, every example counted once (sorted by length: less padding); only the split's
     first config.max_eval_examples examples when that is > 0."""
-    n = min(len(enc.ids), config.get("max_eval_examples", 0) or len(enc.ids))
-    order = np.argsort([len(enc.ids[i]) for i in range(n)], kind="stable")
+    limit = min(len(enc.ids), config.get("max_eval_examples", 0) or len(enc.ids))
+    order = np.argsort([len(enc.ids[i]) for i in range(limit)], kind="stable")
     ids, labels = [enc.ids[i] for i in order], np.asarray(enc.labels)[order]
     masks = None if kind == "classification" else [enc.loss_masks[i] for i in order]
     totals: dict[str, float] = {}
@@ -132,7 +132,7 @@ def evaluate(kind: str, eval_fn, trainable, frozen, enc, config, pad_id, strateg
     out["perplexity"] = math.exp(min(out["loss"], 700.0))
     if kind == "instruct" and len(set(enc.responses)) <= config.instruct.max_distinct:
         out["accuracy"] = exact_match(model, strategy.to_global(merge(trainable, frozen)), enc, tokenizer,
-                                      config.eval_batch_size, limit=n)
+                                      config.eval_batch_size, limit=limit)
     return out
 
 

@@ -152,7 +152,8 @@ Compiled = collections.namedtuple("Compiled", "train eval seconds")  # length ->
 def run(config, workdir: str | Path, resume: bool = False) -> dict:
     """Train as `config` says in `workdir` (continuing its latest checkpoint if `resume`); returns the report."""
     t_start = time.time()
-    r, state = prepare(config, Path(workdir))  # bad input fails here, before the run directory exists
+    workdir = Path(workdir)
+    r, state = prepare(config, workdir)  # bad input fails here, before the run directory exists
     try:
         state, best = resume_or_refuse(r, state, resume)
         fns = compile_steps(r, state)

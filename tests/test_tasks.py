@@ -56,6 +56,18 @@ def test_docs_state_these_counts(real_task):
     assert rt.split_counts == dict(zip(tasks.SPLITS, COUNTS["rt_polarity"]))
 
 
+def test_alpaca_demo_is_a_prompt_response_task_with_the_documented_counts(real_task):
+    t = real_task("alpaca_demo")
+    assert tuple(len(t[s]) for s in tasks.SPLITS) == (773, 113, 99) and t.num_labels == 985
+    doc = (ROOT / "docs" / "assets.md").read_text()
+    assert re.search(r"`alpaca_demo` \| 999 \| 985 \| 0 \| 985 distinct responses \| train 773 / validation 113 / "
+                     r"test 99", doc)
+    d = t["train"]
+    with_input = [x for x in d["text"] if "\n\n" in x]
+    assert 0.3 < len(with_input) / len(d) < 0.5  # 412 of 999 rows have an input, after the instruction and a blank line
+    assert all(len(t.label_names[y]) > 0 for y in d["label"])
+
+
 def test_label_totals_match_the_docs(real_task):
     tweet = real_task("tweet_sentiment")
     totals = np.bincount(np.concatenate([tweet[s]["label"] for s in tasks.SPLITS]), minlength=3)

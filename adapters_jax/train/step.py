@@ -14,6 +14,7 @@ does not depend on how the batch is split over devices or hosts.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -182,16 +183,23 @@ def batch_loss(model, params, batch, deterministic, rng, task: str):
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation, task: str = "classification",
-                    axis_name: str | None = None) -> Callable:
+                    axis_name: str | None = None, drop_layers: int = 0) -> Callable:
     """train_step(state, frozen, batch) -> (state, metrics); jit it with donate_argnums=(0,).
 
     axis_name: inside pmap, the mapped axis. Each device's loss is its rows' sum over the global
     weight, and loss and grads are psum'd: the global mean (pmean of the per-device grads when the
     devices hold equally many real rows, and exact when they do not).
+    drop_layers > 0: robust AdapterDrop (Rueckle et al.): each step runs no adapter in its lowest n
+    layers, n drawn uniformly from 0..drop_layers by the step's rng (the same n on every device).
     """
+    base_model = model
 
     def train_step(state, frozen, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
+        model = base_model
+        if drop_layers:
+            n = jax.random.randint(jax.random.fold_in(rng, 0xAD), (), 0, drop_layers + 1)
+            model = model.clone(adapters=dataclasses.replace(model.adapters, drop_n=n))
         scale = 1.0
         if axis_name is not None:
             local = jnp.maximum(loss_weight(batch, task), 1.0)

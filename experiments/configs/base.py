@@ -38,6 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.multitask = ml_collections.ConfigDict({"sampling": "proportional", "temperature": 2.0})
     c.adapter = "houlsby[bottleneck=64,non_linearity=relu]"  # config string; "none" for head-only / full FT
     c.adapter_name = "default"
+    # AdapterDrop (Rueckle et al. 2021): no adapter in the lowest `layers` layers; random=True draws n in
+    # 0..layers per training step (robust AdapterDrop; evaluation then runs every layer)
+    c.adapter_drop = ml_collections.ConfigDict({"layers": 0, "random": False})
     c.full_finetune = False  # train every base param too (label "base")
     c.train_rules = []  # extra (regex, label) rules, e.g. [("(^|/)bias$", "bias")] for BitFit
     c.head = ml_collections.ConfigDict({"pooling": "mean", "hidden_layers": 0, "dropout": 0.1})

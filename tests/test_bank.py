@@ -55,8 +55,9 @@ def alone(model, params, name, ids, mask):
     return model.clone(adapters=setup).apply({"params": params}, ids, mask)
 
 
-CASES = ([("tiny-roberta", m) for m in ("lora", "ia3", "houlsby", "prefix", "prompt")]
-         + [("tiny-llama", m) for m in ("union", "par_bn", "prompt", "lora")])  # the union covers LoRA, IA3, Pfeiffer, prefix
+# the union (LoRA, IA3, Pfeiffer, prefix) covers IA3 and LoRA on Llama; heterogeneous LoRA ranks run on RoBERTa
+CASES = ([("tiny-roberta", m) for m in ("lora", "houlsby", "prefix", "prompt")]
+         + [("tiny-llama", m) for m in ("union", "par_bn", "prompt")])
 
 
 @pytest.mark.parametrize("fixture,method", CASES)

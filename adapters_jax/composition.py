@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapters_jax import paths
+from adapters_jax import interop, paths
 from adapters_jax.adapters import activate, add_adapters
 from adapters_jax.configs import NamedAdapter
 from adapters_jax.errors import ConfigError, InteropError
@@ -164,9 +164,8 @@ def fusion_from_adapterhub(state_dict: Mapping[str, np.ndarray], model, params, 
         if len(found) != 1:
             raise InteropError(f"{where}: holds fusion layers {sorted(found)}; choose one with fusion=")
         fusion = next(iter(found))
-    flat = paths.flat(params)
-    out, filled = dict(flat), set()
     group = paths.BOTTLENECK_GROUP["bert"]["output_adapter"]
+    targets = {}
     for key, value in state_dict.items():
         m = _AH_FUSION.fullmatch(key)
         if m is None or m.group("fn") != fusion:
@@ -174,21 +173,9 @@ def fusion_from_adapterhub(state_dict: Mapping[str, np.ndarray], model, params, 
         mod = paths.hf_module_path(m.group("mod"))
         base = f"{mod}/{name}/" if mod.rsplit("/", 1)[-1] in paths.GROUPS else f"{mod}/{group}/{name}/"
         value = np.asarray(value)
-        path = base + m.group("lin") + ("/kernel" if m.group("leaf") == "weight" else "/bias")
-        value = value.T if m.group("leaf") == "weight" else value
-        if path not in flat:
-            raise InteropError(f"{where}: tensor {key!r} maps to {path}, which this model does not have; fusion "
-                               f"{name!r} leaves: {sorted(k for k in flat if paths.adapter_of(k) == name)[:6]} ...")
-        if tuple(value.shape) != tuple(flat[path].shape):
-            raise InteropError(f"{where}: tensor {key!r} gives shape {tuple(value.shape)} but {path} is "
-                               f"{tuple(flat[path].shape)}")
-        out[path] = jnp.asarray(value, flat[path].dtype)
-        filled.add(path)
-    missing = sorted(k for k in flat if paths.adapter_of(k) == name and k not in filled)
-    if strict and missing:
-        raise InteropError(f"{where}: no tensor of fusion {fusion!r} for {len(missing)} leaves of {name!r}: "
-                           f"{missing[:6]} (strict=False keeps their current values)")
-    return paths.unflat(out)
+        weight = m.group("leaf") == "weight"
+        targets[base + m.group("lin") + ("/kernel" if weight else "/bias")] = (key, value.T if weight else value)
+    return interop.fill(model, params, name, targets, strict, where)
 
 
 def fusion_regularization(model, params):

@@ -51,7 +51,7 @@ def _pick(names: set, given: str | None, what: str) -> str | None:
     return next(iter(names), None)
 
 
-def _fill(model, params, name: str, targets: dict, strict: bool, where: str):
+def fill(model, params, name: str, targets: dict, strict: bool, where: str):
     """targets: our leaf path -> (source tensor name, value). Checks leaf existence, shapes, duplicates, coverage."""
     flat = paths.flat(params)
     out = dict(flat)
@@ -154,7 +154,7 @@ def from_adapterhub(state_dict: Mapping[str, np.ndarray], model, params, name: s
             raise InteropError(f"{where}: tensor {key!r} maps to no leaf of adapter {name!r} (supported: bottleneck "
                                "adapter_down/adapter_up/norms/scaling, prefix self_prefix, loras lora_A/lora_B)")
         _put(targets, path, key, value, where)
-    return _fill(model, params, name, targets, strict, where)
+    return fill(model, params, name, targets, strict, where)
 
 
 _PEFT_LORA = re.compile(r"(?P<mod>.+?)\.(?P<ab>lora_[AB])(?:\.(?P<pn>[^.]+))?\.weight")
@@ -215,7 +215,7 @@ def from_peft(state_dict: Mapping[str, np.ndarray], model, params, name: str, pe
             raise InteropError(f"{where}: tensor {key!r} maps to no leaf of adapter {name!r} (supported: "
                                "lora_A/lora_B of Linear layers, ia3_l, prompt embeddings)")
         _put(targets, path, key, value, where)
-    return _fill(model, params, name, targets, strict, where)
+    return fill(model, params, name, targets, strict, where)
 
 
 def to_peft(model, params, name: str) -> dict[str, np.ndarray]:

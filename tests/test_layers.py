@@ -33,7 +33,7 @@ RANKS = [
     ("adapters_jax.interop", 6),
     ("adapters_jax.bank", 6),
     ("adapters_jax.merging", 6),
-    ("adapters_jax.composition", 6),
+    ("adapters_jax.composition", 7),  # reads AdapterHub fusion tensors through interop.fill
     ("adapters_jax.checkpoint", 7),
     ("adapters_jax.decoding", 7),
     ("adapters_jax.xla_flags", 7),

@@ -298,7 +298,7 @@ def test_tokenisation_cache_unreadable_or_unwritable(tmp_path, monkeypatch, mini
 
 def test_unknown_task_name_says_what_is_known(monkeypatch):
     monkeypatch.setattr(tasks.assets, "hub_reachable", lambda: False)
-    with pytest.raises(DataError, match="not a built-in task \\(bbc_news, rt_polarity, tweet_sentiment\\).*not reachable"):
+    with pytest.raises(DataError, match="not a built-in task \\(alpaca_demo, bbc_news, rt_polarity, tweet_sentiment\\).*not reachable"):
         tasks.load("glue/sst2")
 
 

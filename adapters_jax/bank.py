@@ -37,6 +37,8 @@ _MAY_DIFFER = {LoRA: ("r", "alpha", "use_rslora"), Bottleneck: ("bottleneck", "r
 
 def check_ids(model, ids_B) -> None:
     """Refuse host-side ids outside -1..K-1 (inside jit an id is clamped, so check before)."""
+    if model.adapters is None or model.adapters.bank is None:
+        raise AdapterConfigError("adapter ids were given but this model has no adapter bank (adapters_jax.bank.build)")
     k = model.adapters.bank.size
     ids_B = np.asarray(ids_B)
     bad = ids_B[(ids_B < -1) | (ids_B >= k)]

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adapters_jax.adapters import route
+from adapters_jax.bank import check_ids
 from adapters_jax.errors import ConfigError
 from adapters_jax.models import kv_cache
 from adapters_jax.modules.hooks import prompt_length
@@ -62,8 +64,14 @@ def _sample(logits_BxV, key, temperature: float, top_k: int, top_p: float, banne
     return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
 
 
+def _routed(model, slots_B):
+    return model if slots_B is None else route(model, slots_B)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 7, 8, 9))
-def _prefill(model, params, ids_BxT, mask_BxT, positions_BxT, cache, key, temperature, top_k, top_p, banned):
+def _prefill(model, params, ids_BxT, mask_BxT, positions_BxT, cache, key, temperature, top_k, top_p, banned,
+             slots_B=None):
+    model = _routed(model, slots_B)
     variables = {"params": params}
     h_BxTxD, cache = model.apply(variables, ids_BxT, mask_BxT, positions_BxT=positions_BxT, cache=cache)
     logits_BxV = model.apply(variables, h_BxTxD[:, -1:], method=model.logits)[:, 0]  # left padded: last is real
@@ -71,7 +79,8 @@ def _prefill(model, params, ids_BxT, mask_BxT, positions_BxT, cache, key, temper
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6, 7, 8), donate_argnums=(4,))
-def _decode(model, params, token_B, position_B, cache, key, temperature, top_k, top_p, banned):
+def _decode(model, params, token_B, position_B, cache, key, temperature, top_k, top_p, banned, slots_B=None):
+    model = _routed(model, slots_B)
     variables = {"params": params}
     ones_Bx1 = jnp.ones((token_B.shape[0], 1), jnp.int32)
     h_Bx1xD, cache = model.apply(variables, token_B[:, None], ones_Bx1, positions_BxT=position_B[:, None],
@@ -117,13 +126,21 @@ def _check(model, ids: list[list[int]], max_new_tokens: int, n_soft: int, temper
 def generate(model, params, prompts: Sequence[str | Sequence[int]], max_new_tokens: int = 32, *,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
              stop: Sequence[str] | None = None, tokenizer=None, eos_token_id: int | None = None,
-             ignore_eos: bool = False, min_new_tokens: int = 0) -> list[Completion]:
+             ignore_eos: bool = False, min_new_tokens: int = 0, adapter_ids=None) -> list[Completion]:
     """Complete each prompt (text, with `tokenizer`, or token ids); one `Completion` per prompt, in order.
 
     `ignore_eos` keeps going past the end-of-sequence token (it is returned like any token);
     `min_new_tokens` bans it for the first steps instead (vLLM's min_tokens, transformers' min_new_tokens).
+    `adapter_ids`: with an adapter bank (adapters_jax/bank.py), each prompt's slot (-1: the base); the
+    mix is data, so another mix does not recompile.
     """
     ids = _encode(prompts, tokenizer)
+    slots_B = None
+    if adapter_ids is not None:
+        if len(adapter_ids) != len(ids):
+            raise ConfigError(f"{len(adapter_ids)} adapter_ids for {len(ids)} prompts; give one per prompt")
+        check_ids(model, adapter_ids)
+        slots_B = jnp.asarray(adapter_ids, jnp.int32)
     n_soft = prompt_length(model)
     _check(model, ids, max_new_tokens, n_soft, temperature, top_k, top_p)
     if stop and tokenizer is None:
@@ -144,7 +161,8 @@ def generate(model, params, prompts: Sequence[str | Sequence[int]], max_new_toke
     cache = kv_cache.init(model.config, b, slots, model.dtype)
     key = jax.random.PRNGKey(seed)
     sampling = (float(temperature), int(top_k), float(top_p))
-    token_B, cache = _prefill(model, params, ids_BxT, mask_BxT, positions_BxT, cache, key, *sampling, ban(0))
+    token_B, cache = _prefill(model, params, ids_BxT, mask_BxT, positions_BxT, cache, key, *sampling, ban(0),
+                              slots_B)
     position_B = np.asarray([len(p) for p in ids], np.int32)
 
     outs = [Completion([], None, "length") for _ in range(b)]
@@ -166,7 +184,7 @@ def generate(model, params, prompts: Sequence[str | Sequence[int]], max_new_toke
         if all(done) or step == max_new_tokens - 1:
             break
         token_B, cache = _decode(model, params, token_B, position_B + step, cache,
-                                 jax.random.fold_in(key, step + 1), *sampling, ban(step + 1))
+                                 jax.random.fold_in(key, step + 1), *sampling, ban(step + 1), slots_B)
     if tokenizer is not None:
         for o in outs:
             if o.text is None:

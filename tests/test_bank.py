@@ -113,3 +113,24 @@ def test_bad_banks_are_refused_by_name():
         bank.write(model, params, 1, "a1")
     with pytest.raises(ConfigError, match="'a3'.*does not fit bank 'bank': larger rank"):
         bank.write(model, params, 1, "a3")
+
+
+def test_generate_with_a_bank_gives_each_prompt_its_adapters_completion():
+    """Greedy decoding with the KV cache, one prompt per slot (and one on the base), equals each prompt generated
+    alone with its adapter active; a LoRA + prefix union, so the bank's prefixes go into the cache too."""
+    specs = ["lora[r=2]|prefix_tuning[prefix_length=2,bottleneck_size=8]",
+             "lora[r=4]|prefix_tuning[prefix_length=2,bottleneck_size=8]"]
+    model, params = members("tiny-llama", specs)
+    model, params = bank.build((model, params), ["a0", "a1"])
+    model = aj.activate(model)
+    prompts = [[5, 9, 12, 7], [3, 4], [8, 8, 8, 2, 11], [6]]
+    slots = [1, 0, -1, 1]
+    got = aj.generate(model, params, prompts, 6, adapter_ids=slots, ignore_eos=True)
+    for p, s, out in zip(prompts, slots, got):
+        setup = dataclasses.replace(model.adapters, bank=None, active=() if s < 0 else (f"a{s}",))
+        want = aj.generate(model.clone(adapters=setup), params, [p], 6, ignore_eos=True)[0]
+        assert out.ids == want.ids, (s, out.ids, want.ids)
+    with pytest.raises(ConfigError, match="out of range"):
+        aj.generate(model, params, prompts, 2, adapter_ids=[0, 1, 2, 0])
+    with pytest.raises(ConfigError, match="one per prompt"):
+        aj.generate(model, params, prompts, 2, adapter_ids=[0, 1])

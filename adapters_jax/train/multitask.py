@@ -163,8 +163,8 @@ def build(config):
     return base, tasks, model, params, make_labels(model, params)
 
 
-def evaluate(model, trainable, frozen, enc, slot: int, config, pad_id) -> dict:
-    fn = _eval_fn(model)
+def evaluate(eval_fn, trainable, frozen, enc, slot: int, config, pad_id) -> dict:
+    """Accuracy and loss of one task's split through its slot; eval_fn: jit(step.make_eval_step(model))."""
     totals = {"correct": 0.0, "count": 0.0, "loss_sum": 0.0}
     n = min(len(enc), config.get("max_eval_examples", 0) or len(enc))
     order = np.argsort(enc.lengths[:n], kind="stable")
@@ -172,20 +172,10 @@ def evaluate(model, trainable, frozen, enc, slot: int, config, pad_id) -> dict:
                           padding="max", max_length=config.max_length, pad_id=pad_id):
         batch = {k: b[k] for k in step_lib.BATCH_KEYS}
         batch["adapter_ids"] = np.full(len(b["labels"]), slot, np.int32)
-        for k, v in fn(trainable, frozen, batch).items():
+        for k, v in eval_fn(trainable, frozen, batch).items():
             totals[k] += float(v)
     n = max(totals["count"], 1.0)
     return {"accuracy": totals["correct"] / n, "loss": totals["loss_sum"] / n}
-
-
-_EVAL = {}
-
-
-def _eval_fn(model):
-    if id(model) not in _EVAL:
-        _EVAL.clear()
-        _EVAL[id(model)] = jax.jit(step_lib.make_eval_step(model))
-    return _EVAL[id(model)]
 
 
 def save_task(model, params, slot: int, num_labels: int, out: Path) -> None:
@@ -227,7 +217,7 @@ def run(config, workdir: str | Path) -> dict:
     state = init_state(trainable, tx, config.seed)
     frozen = parallel.Single().put_frozen(frozen)
     step_fn = jax.jit(make_train_step(model, tx, k), donate_argnums=(0,))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = loop.pad_token_id(config, tokenizer)
     lengths = sorted({min(b, config.max_length) for b in config.buckets} | {config.max_length})
     data = Mixed([e["train"] for e in encs], config.batch_size, probs, lengths, pad_id, config.seed)
     workdir = Path(workdir)
@@ -243,10 +233,11 @@ def run(config, workdir: str | Path) -> dict:
               "steps": total, "sampling": mt.sampling, "probs": probs.tolist(), "train_s": train_s,
               "params": str(param_report(params, labels))}
     full = merge(state["trainable"], frozen)
+    eval_fn = jax.jit(step_lib.make_eval_step(model))
     for i, (t, e) in enumerate(zip(tasks, encs)):
         for split_name in ("validation", "test"):
             if split_name in e:
-                r = evaluate(model, state["trainable"], frozen, e[split_name], i, config, pad_id)
+                r = evaluate(eval_fn, state["trainable"], frozen, e[split_name], i, config, pad_id)
                 report[f"{t.name}/{split_name}_accuracy"] = r["accuracy"]
         save_task(model, full, i, t.num_labels, workdir / "adapters" / t.name)
     report["wall_s"] = time.time() - t0

@@ -29,6 +29,8 @@ id's defaults are AdapterHub's (adapters 1.3), with these deliberate deviations:
   vocabulary embeddings (PEFT's SAMPLE_VOCAB; Lester et al.); the soft prompt is
   prepended to the word embeddings before positions are added, as PEFT does.
 """
+# Over 400 lines: the method configs, the config-string grammar and AdapterSetup/Bank live together
+# because parse/to_string round-trip all of them; moving AdapterSetup and Bank to their own module is owed.
 from __future__ import annotations
 
 import dataclasses

@@ -17,6 +17,8 @@ config.strategy picks where the state lives (train/parallel.py): "single"
 on its slice of every global batch; process 0 writes the logs and the report,
 and a preemption stops every host at the same step, which they all save.
 """
+# Over 400 lines by a few: the run's stages (prepare, compile, train, evaluate, save, report) read in
+# order here; pad_token_id and load_task are the candidates to move out next.
 from __future__ import annotations
 
 import collections

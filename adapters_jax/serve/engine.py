@@ -1,0 +1,506 @@
+"""The serving engine: one frozen base, many adapters through one bank, requests of all of them batched together.
+
+    engine = Engine(aj.load("smollm2-135m"), adapters_dir="adapters/", max_resident=128, max_batch=16)
+    req = engine.submit(Request("generate", "tenant-7", prompt_ids, Sampling(max_tokens=32)))
+    for kind, payload in req.events(): ...                  # ("token", ...), then ("done", ...) or ("error", ...)
+
+One engine thread owns the model: between steps it takes finished adapter reads
+(done on a loader thread, so a disk read never stalls the running batch), writes
+adapters into bank slots (LRU among slots no running request uses; an in-place
+update, nothing recompiles), admits waiting requests into free rows, and runs one
+step. Decoders: continuous batching (decoder.py); encoders: classification with
+a head per adapter, a batch per step. The waiting queue is bounded (QueueFull).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import queue
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adapters_jax import bank as bank_lib
+from adapters_jax import configs, paths
+from adapters_jax.adapters import add_adapters
+from adapters_jax.configs import AdapterConfigError, NamedAdapter
+from adapters_jax.decoding import prompt_bucket
+from adapters_jax.errors import AdaptersJaxError, ConfigError
+from adapters_jax.models import heads
+from adapters_jax.modules.hooks import prompt_length
+from adapters_jax.serve import residency
+from adapters_jax.serve.decoder import RunningBatch
+from adapters_jax.serve.kernels import Kernels
+from adapters_jax.serve.metrics import Metrics
+
+log = logging.getLogger("adapters_jax.serve")
+
+
+class QueueFull(AdaptersJaxError):
+    """The waiting queue is full: try again later (HTTP 429)."""
+
+
+class UnknownAdapter(AdaptersJaxError, KeyError):
+    """No adapter of that name is registered (HTTP 404)."""
+
+
+@dataclasses.dataclass
+class Sampling:
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple = ()
+    ignore_eos: bool = False
+
+
+class Request:
+    """One request; `on_event(kind, payload)` is called from the engine thread (default: a queue for events())."""
+
+    def __init__(self, kind: str, adapter: str | None, prompt, sampling: Sampling | None = None, on_event=None):
+        self.kind, self.adapter, self.prompt = kind, adapter, prompt
+        self.sampling = sampling or Sampling()
+        if self.sampling.seed is None:
+            self.sampling.seed = secrets.randbelow(2 ** 31)
+        self.cancelled = False
+        self.final_text = None
+        self.t_submit = self.t_first = None
+        self.hit_counted = False
+        self._q = None
+        if on_event is None:
+            self._q = queue.SimpleQueue()
+            on_event = lambda kind, payload: self._q.put((kind, payload))
+        self.on_event = on_event
+
+    def events(self, timeout: float | None = None):
+        """Events until the last ("done", "result" or "error"), for a request made without on_event."""
+        while True:
+            kind, payload = self._q.get(timeout=timeout)
+            yield kind, payload
+            if kind in ("done", "result", "error"):
+                return
+
+
+class Engine:
+    def __init__(self, base, adapters_dir=None, bank: str | None = None, max_resident: int = 16, max_batch: int = 8,
+                 max_queue: int = 256, max_model_len: int | None = None, host_bytes: int = 1 << 30,
+                 pooling: str = "mean", max_labels: int = 8, name: str = "base"):
+        self.base, self.name, self.max_batch, self.max_queue = base, name, max_batch, max_queue
+        self.tokenizer, config = base.tokenizer, base.config
+        self.decoder = hasattr(config, "num_key_value_heads")
+        if self.decoder and getattr(config, "sliding_window", None):
+            raise ConfigError("the serving engine moves cache slots (continuous batching); sliding-window models "
+                              f"(sliding_window={config.sliding_window}) are not supported")
+        self.registry: dict[str, Path] = {}
+        found = self._scan(Path(adapters_dir)) if adapters_dir else {}
+        methods = self._bank_methods(bank, found)
+        self.model, params, self.template = self._build(methods, max_resident, pooling, max_labels, found)
+        self.params = params
+        self.bank_paths = sorted(self.template.leaves) + sorted(self.template.head_leaves)
+        for name_, (path, meta) in found.items():
+            try:
+                residency.read_config(path, base.fingerprint, self.template, name_)
+                self.registry[name_] = path
+            except AdapterConfigError as e:
+                log.warning("not serving %s: %s", path, e)
+        self.kernels = Kernels(self.model)
+        self.slots = residency.SlotTable(max_resident)
+        self.host = residency.HostCache(host_bytes)
+        self.context = config.max_position_embeddings if self.decoder else config.max_position_embeddings
+        self.max_model_len = min(max_model_len or self.context, self.context)
+        if self.decoder:
+            eos = getattr(self.tokenizer, "eos_token_id", None)
+            eos = config.eos_token_id if eos is None else eos
+            n_soft = prompt_length(self.model)
+            slots = max(64, 1 << (2 * (prompt_bucket(self.max_model_len) + n_soft) - 1).bit_length())
+            self.batch = RunningBatch(self.kernels, config, max_batch, slots, n_soft, eos, self.tokenizer,
+                                      self.model.dtype)
+        self.labels_of: dict[int, list] = {}  # bank slot -> its head's labels (encoders)
+        self.waiting: list[Request] = []
+        self.loading: dict[str, concurrent.futures.Future] = {}
+        self.metrics = Metrics()
+        self._cv = threading.Condition()
+        self._stop = False
+        self._loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="adapter-loader")
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._thread.start()
+
+    # --- setup ---
+
+    def _scan(self, root: Path) -> dict:
+        """{name: (directory, None)} of every saved adapter under root (its directory name is its name)."""
+        if not root.is_dir():
+            raise ConfigError(f"--adapters {root} is not a directory")
+        return {d.name: (d, None) for d in sorted(root.iterdir()) if (d / "adapter_config.json").is_file()}
+
+    def _bank_methods(self, spec, found) -> tuple:
+        if spec:
+            return configs.parse(spec)
+        import json
+
+        for name, (path, _) in found.items():
+            meta = json.loads((path / "adapter_config.json").read_text())
+            if "canonical" in meta:
+                members = [NamedAdapter(name, meta["canonical"], configs.parse(meta["canonical"]))]
+                for other, (p, _) in found.items():  # widen to the largest rank/bottleneck of the same setup
+                    m = json.loads((p / "adapter_config.json").read_text())
+                    try:
+                        cand = NamedAdapter(other, m["canonical"], configs.parse(m["canonical"]))
+                        bank_lib._shape_of(members + [cand], self.base.config.hidden_size)
+                        members.append(cand)
+                    except (AdapterConfigError, KeyError):
+                        pass
+                return bank_lib._shape_of(members, self.base.config.hidden_size)
+        raise ConfigError("no adapter directory to take the bank's shape from: give bank='lora[r=16]' "
+                          "(scripts/serve.py --bank), the largest adapter run-time loads must fit")
+
+    def _build(self, methods, k: int, pooling: str, max_labels: int, found):
+        spec = configs.to_string(methods)
+        model, params = add_adapters(self.base, spec, name="slot")
+        head = None
+        if not self.decoder:
+            hidden = _head_hidden_layers([p for p, _ in found.values()])
+            head = heads.SlotClassification((max_labels,) * k, pooling=pooling, hidden_layers=hidden)
+        model, params = bank_lib.build((model, params), ["slot"], name="bank", size=k, keep_members=False, head=head)
+        placeholder = NamedAdapter("slot", spec, model.adapters.bank.methods)
+        setup = model.adapters.activate()
+        setup = dataclasses.replace(setup, bank=dataclasses.replace(setup.bank, slots=(placeholder,) * k))
+        model = model.clone(adapters=setup)
+        flat = paths.flat(params)
+        leaves = {p: (tuple(v.shape[1:]), np.dtype(v.dtype)) for p, v in flat.items() if paths.adapter_of(p) == "bank"}
+        head_leaves = {p: (tuple(v.shape[1:]), np.dtype(v.dtype)) for p, v in flat.items()
+                       if p.startswith("head/slots/")}
+        template = residency.Template("bank", model.adapters.bank.methods, self.base.config.hidden_size, leaves,
+                                      head_leaves, max_labels)
+        return model, params, template
+
+    # --- the API the HTTP layer uses (any thread) ---
+
+    def submit(self, req: Request) -> Request:
+        if req.adapter is not None and req.adapter not in self.registry:
+            raise UnknownAdapter(f"The model `{req.adapter}` does not exist (served: {self.name!r} and "
+                                 f"{len(self.registry)} adapters)")
+        with self._cv:
+            if self._stop:
+                raise QueueFull("the server is shutting down")
+            if len(self.waiting) >= self.max_queue:
+                self.metrics.inc("rejected_total")
+                raise QueueFull(f"the queue is full ({self.max_queue} waiting requests); retry later")
+            req.t_submit = time.perf_counter()
+            self.waiting.append(req)
+            self._cv.notify()
+        return req
+
+    def cancel(self, req: Request) -> None:
+        req.cancelled = True
+        with self._cv:
+            self._cv.notify()
+
+    def load_adapter(self, name: str, path) -> residency.HostAdapter:
+        """Register and read adapter `path` as `name` now (refused with the cause; nothing changes then)."""
+        if not name or name == self.name:
+            raise AdapterConfigError(f"adapter name {name!r} is empty or the base model's name")
+        if name in self.registry:
+            raise AdapterConfigError(f"an adapter named {name!r} is already loaded; unload it first")
+        a = residency.read(path, name, self.base, self.template)
+        with self._cv:
+            self.host.put(a)
+            self.registry[name] = Path(path)
+        return a
+
+    def unload_adapter(self, name: str) -> None:
+        """Forget `name`: new requests get 404, requests already accepted finish with it."""
+        with self._cv:
+            if name not in self.registry:
+                raise UnknownAdapter(f"The model `{name}` does not exist")
+            del self.registry[name]
+            self._cv.notify()
+
+    def compiled(self) -> int:
+        return self.kernels.compiled()
+
+    def stop(self, drain: bool = True, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        while drain and self._busy() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1)
+        self._loader.shutdown(wait=False, cancel_futures=True)
+
+    def _busy(self) -> bool:
+        return bool(self.waiting) or (self.decoder and bool(self.batch.live))
+
+    # --- the engine thread ---
+
+    def _run(self):
+        while True:
+            with self._cv:
+                while not getattr(self, "_closed", False) and not self._has_work():
+                    self._cv.wait(timeout=0.5)
+                if getattr(self, "_closed", False):
+                    break
+            try:
+                self._iteration()
+            except Exception as e:  # a bug: fail what is running, keep serving
+                log.exception("engine step failed")
+                self._fail_all(f"internal error: {type(e).__name__}: {e}")
+
+    def _has_work(self) -> bool:
+        return bool(self.waiting) or (self.decoder and bool(self.batch.live)) or \
+            any(f.done() for f in self.loading.values())
+
+    def _iteration(self):
+        self._finish_loads()
+        if self.decoder:
+            self._drop_cancelled()
+            self._admit_decoder()
+            if self.batch.live:
+                t0 = time.perf_counter()
+                n_live = len(self.batch.live)
+                out = self.batch.step(self.params)
+                self.metrics.step(n_live, self.max_batch, time.perf_counter() - t0)
+                self._emit(out)
+        else:
+            self._classify_step()
+        self._gc_unloaded()
+
+    def _finish_loads(self):
+        for name, fut in list(self.loading.items()):
+            if not fut.done():
+                continue
+            del self.loading[name]
+            try:
+                self.host.put(fut.result())
+                self.metrics.inc("adapter_loads_total")
+            except Exception as e:
+                self.metrics.inc("adapter_load_failures_total")
+                msg = str(e) if isinstance(e, AdaptersJaxError) else f"{type(e).__name__}: {e}"
+                log.warning("adapter %s cannot be served: %s", name, msg)
+                with self._cv:
+                    self.registry.pop(name, None)
+                    failed = [r for r in self.waiting if r.adapter == name]
+                    self.waiting = [r for r in self.waiting if r.adapter != name]
+                for r in failed:
+                    self._finish(r, "error", {"status": 500, "message": f"adapter {name!r} cannot be served: {msg}"})
+
+    def _slot_for(self, req: Request) -> int | None:
+        """req's bank slot (-1: the base), writing its adapter into a slot if it is in host memory; None: not yet."""
+        if req.adapter is None:
+            return -1
+        s = self.slots.slot_of(req.adapter)
+        if not req.hit_counted:
+            req.hit_counted = True
+            self.metrics.inc("adapter_hits_total" if s is not None else "adapter_misses_total")
+        if s is not None:
+            return s
+        a = self.host.get(req.adapter)
+        if a is None:
+            if req.adapter not in self.loading and req.adapter in self.registry:
+                self.loading[req.adapter] = self._loader.submit(
+                    residency.read, self.registry[req.adapter], req.adapter, self.base, self.template)
+                self.loading[req.adapter].add_done_callback(lambda _: self._wake())
+            return None
+        s = self.slots.victim()
+        if s is None:
+            return None
+        values = {p: jnp.asarray(a.tensors[p]) for p in self.bank_paths}
+        flat = paths.flat(self.params)
+        leaves = self.kernels.write({p: flat[p] for p in self.bank_paths}, jnp.int32(s), values)
+        flat.update(leaves)
+        self.params = paths.unflat(flat)
+        self.slots.assign(s, req.adapter)
+        self.labels_of[s] = a.labels
+        return s
+
+    def _wake(self):
+        with self._cv:
+            self._cv.notify()
+
+    def _take(self, req: Request, slot: int):
+        if slot >= 0:
+            self.slots.users[slot] += 1
+            self.slots.touch(slot)
+
+    def _release(self, slot: int):
+        if slot >= 0:
+            self.slots.users[slot] -= 1
+
+    def _admit_decoder(self):
+        joining = []
+        with self._cv:
+            queue_ = list(self.waiting)
+        for req in queue_:
+            if req.cancelled:
+                self._remove_waiting(req)
+                self._finish(req, "done", None)
+                continue
+            if len(joining) >= self.batch.free_rows():
+                break
+            slot = self._slot_for(req)
+            if slot is None:
+                continue
+            group = [r for r, _ in joining] + [req]
+            if not self.batch.fits(group):
+                if not (self.batch.fits(group, compacted=True) and self.batch.compact() and self.batch.fits(group)):
+                    break
+            self._take(req, slot)
+            joining.append((req, slot))
+            self._remove_waiting(req)
+        if joining:
+            t0 = time.perf_counter()
+            out = self.batch.join(self.params, joining)
+            self.metrics.observe("prefill_seconds", time.perf_counter() - t0)
+            self._emit(out)
+
+    def _remove_waiting(self, req):
+        with self._cv:
+            if req in self.waiting:
+                self.waiting.remove(req)
+
+    def _emit(self, out):
+        now = time.perf_counter()
+        for i, token in out:
+            row = self.batch.rows[i]
+            req = row.req
+            if req.t_first is None:
+                req.t_first = now
+                self.metrics.observe("ttft_seconds", now - req.t_submit)
+            delta, reason = self.batch.push(i, token)
+            self.metrics.inc("generation_tokens_total", 0 if reason == "stop" and delta == "" and
+                             len(row.ids) == 0 else 1)
+            if delta or (reason is None and self.batch.tok is None):
+                req.on_event("token", {"text": delta, "token_id": row.ids[-1] if row.ids else None})
+            if reason is not None:
+                self.batch.drop(i)
+                self._release(row.slot)
+                self.metrics.inc("prompt_tokens_total", len(req.prompt))
+                self._finish(req, "done", {"finish_reason": reason, "token_ids": list(row.ids),
+                                           "text": self._text(row), "prompt_tokens": len(req.prompt)})
+
+    def _text(self, row) -> str:
+        if row.req.final_text is not None:
+            return row.req.final_text
+        return self.tokenizer.decode(row.ids) if self.tokenizer is not None else ""
+
+    def _finish(self, req: Request, kind: str, payload):
+        if kind == "done" and payload is None:
+            self.metrics.inc("requests_cancelled_total")
+            return
+        self.metrics.inc("requests_total" if kind != "error" else "requests_failed_total")
+        if kind != "error":
+            self.metrics.observe("latency_seconds", time.perf_counter() - req.t_submit)
+        req.on_event(kind, payload)
+
+    def _drop_cancelled(self):
+        for i in self.batch.live:
+            row = self.batch.rows[i]
+            if row.req.cancelled:
+                self.batch.drop(i)
+                self._release(row.slot)
+                self.metrics.inc("requests_cancelled_total")
+
+    def _gc_unloaded(self):
+        """Adapters unloaded while requests used them leave once no request does."""
+        with self._cv:
+            pending = {r.adapter for r in self.waiting}
+        for s, name in enumerate(self.slots.names):
+            if name is not None and name not in self.registry and self.slots.users[s] == 0 and name not in pending:
+                self.slots.names[s] = None
+        for name in list(self.host.entries):
+            if name not in self.registry and name not in pending:
+                self.host.drop(name)
+
+    def _fail_all(self, message: str):
+        with self._cv:
+            waiting, self.waiting = self.waiting, []
+        for r in waiting:
+            self._finish(r, "error", {"status": 500, "message": message})
+        if self.decoder:
+            for i in self.batch.live:
+                row = self.batch.drop(i)
+                self._release(row.slot)
+                self._finish(row.req, "error", {"status": 500, "message": message})
+
+    # --- encoders: classification, one padded batch per step ---
+
+    def _classify_step(self):
+        rows, reqs = [], []
+        with self._cv:
+            queue_ = list(self.waiting)
+        for req in queue_:
+            if req.cancelled:
+                self._remove_waiting(req)
+                continue
+            if rows and len(rows) + len(req.prompt) > self.max_batch:
+                break
+            slot = self._slot_for(req)
+            if slot is None:
+                continue
+            self._take(req, slot)
+            self._remove_waiting(req)
+            reqs.append((req, slot, len(rows)))
+            rows.extend((ids, slot) for ids in req.prompt)
+        if not rows:
+            return
+        t0 = time.perf_counter()
+        logits = []
+        for start in range(0, len(rows), self.max_batch):  # one request may hold more inputs than a batch
+            chunk = rows[start:start + self.max_batch]
+            nb = min(1 << (len(chunk) - 1).bit_length(), self.max_batch)
+            t = prompt_bucket(max(len(ids) for ids, _ in chunk))
+            ids_BxT, mask_BxT = np.zeros((nb, t), np.int32), np.zeros((nb, t), np.int32)
+            slots_B = np.zeros((nb,), np.int32)
+            for i, (ids, s) in enumerate(chunk):  # right padding (BERT)
+                ids_BxT[i, :len(ids)], mask_BxT[i, :len(ids)], slots_B[i] = ids, 1, s
+            logits.append(np.asarray(self.kernels.classify(self.params, ids_BxT, mask_BxT, slots_B))[:len(chunk)])
+        logits = np.concatenate(logits)
+        self.metrics.step(len(rows), self.max_batch, time.perf_counter() - t0)
+        for req, slot, first in reqs:
+            labels = self.labels_of[slot]
+            out = []
+            for j in range(len(req.prompt)):
+                z = logits[first + j, :len(labels)].astype(np.float64)
+                p = np.exp(z - z.max())
+                p /= p.sum()
+                out.append({"label": labels[int(p.argmax())], "probs": p.tolist(), "num_classes": len(labels)})
+            self._release(slot)
+            self.metrics.inc("prompt_tokens_total", sum(len(x) for x in req.prompt))
+            self._finish(req, "result", {"data": out, "prompt_tokens": sum(len(x) for x in req.prompt)})
+
+    # --- what /metrics and /v1/models show ---
+
+    def gauges(self) -> dict:
+        with self._cv:
+            waiting = len(self.waiting)
+        return {"queue_depth": waiting, "running_requests": len(self.batch.live) if self.decoder else 0,
+                "resident_adapters": self.slots.resident, "bank_slots": len(self.slots.names),
+                "host_cached_adapters": len(self.host.entries), "host_cache_bytes": self.host.used,
+                "registered_adapters": len(self.registry), "compiled_programs": self.compiled(),
+                "slot_evictions_total": self.slots.evictions, "host_evictions_total": self.host.evictions,
+                "cache_compactions_total": self.batch.compactions if self.decoder else 0}
+
+
+def _head_hidden_layers(dirs) -> int:
+    from safetensors import safe_open
+
+    for d in dirs:
+        f = Path(d) / "head.safetensors"
+        if f.is_file():
+            try:
+                with safe_open(str(f), "numpy") as h:
+                    return sum(k.startswith("head/dense_") and k.endswith("/kernel") for k in h.keys())
+            except Exception:
+                continue
+    return 0

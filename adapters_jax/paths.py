@@ -17,7 +17,8 @@ GROUP is the segment before the adapter's name, one per method family:
 HF names: a dotted name maps to a path by dropping a family prefix (`bert.`,
 `roberta.`, `base_model.model.`), joining a numeric segment to the one before
 it (`layer.3` -> `layer_3`) and mapping the leaf (`weight` -> `kernel` for a
-Linear (transposed), `embedding` for an Embedding, `scale` for a norm).
+Linear (transposed), `embedding` for an Embedding, `scale` for a norm); `path_to_hf`
+is the inverse (merged-model export).
 
 Projection roles (the q/k/v/FFN names AdapterHub's keys and tensor-parallel
 rules use) are regexes over the Linear module paths of both families, in
@@ -70,8 +71,14 @@ ROW_ROLES = ("attn_out", "ffn_out")
 HF_PREFIXES = ("base_model.model.", "bert.", "roberta.")
 # HF tensors with no param here: buffers and other libraries' task heads, per family.
 HF_DROP = {
-    "bert": r"(position_ids$|^(cls|lm_head|qa_outputs)\.)",
+    "bert": r"(position_ids$|^(cls|lm_head|qa_outputs|classifier)\.)",
     "llama": r"rotary_emb\.inv_freq$",
+}
+# Our classification head's modules under HF's task-model names, per model_type (BertForSequenceClassification's
+# linear on the pooler; RobertaClassificationHead's dense + out_proj on the first token).
+HF_HEAD_NAMES = {
+    "bert": {"head/out_proj": "classifier"},
+    "roberta": {"head/dense_0": "classifier.dense", "head/out_proj": "classifier.out_proj"},
 }
 _HF_LEAF = {"weight": ("kernel", "embedding", "scale"), "bias": ("bias",)}
 _LAYER = re.compile(r"layers?_(\d+)(/|$)")
@@ -185,6 +192,21 @@ def hf_to_path(hf_name: str, family: str, params: Mapping[str, Any]) -> str | No
     module, _, leaf = _strip(hf_name).rpartition(".")
     module = hf_module_path(module)
     return next((f"{module}{SEP}{c}" for c in _HF_LEAF.get(leaf, (leaf,)) if f"{module}{SEP}{c}" in params), None)
+
+
+_LEAF_HF = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
+
+
+def path_to_hf(path: str, prefix: str = "") -> tuple[str, bool]:
+    """Inverse of hf_to_path for a base param: (`prefix` + the HF tensor name, whether the value is transposed).
+
+    `encoder/layer_0/attention/self/query/kernel` -> (`encoder.layer.0.attention.self.query.weight`, True):
+    a Linear kernel [in, out] is torch's weight [out, in]; embeddings, norm scales and biases keep their layout.
+    """
+    module, _, leaf = path.rpartition(SEP)
+    if leaf not in _LEAF_HF or not module:
+        raise ValueError(f"{path}: no HF tensor name for leaf {leaf!r} (base params end in {sorted(_LEAF_HF)})")
+    return f"{prefix}{hf_dotted(module)}.{_LEAF_HF[leaf]}", leaf == "kernel"
 
 
 def is_dropped(hf_name: str, family: str) -> bool:

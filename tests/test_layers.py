@@ -33,6 +33,7 @@ RANKS = [
     ("adapters_jax.interop", 6),
     ("adapters_jax.bank", 6),
     ("adapters_jax.merging", 6),
+    ("adapters_jax.export", 6),  # merged models out (HF dir, GGUF): folds LoRA/IA3, asks paths and models/gguf for names
     ("adapters_jax.composition", 7),  # reads AdapterHub fusion tensors through interop.fill
     ("adapters_jax.checkpoint", 7),
     ("adapters_jax.decoding", 7),

@@ -64,6 +64,23 @@ def hf_name(gguf_name: str) -> str:
     return gguf_name
 
 
+def gguf_name(hf: str) -> str | None:
+    """Inverse of hf_name for the Llama tensors GGUF names: `model.layers.3.mlp.up_proj.weight` -> `blk.3.ffn_up.weight`."""
+    module, _, leaf = hf.rpartition(".")
+    for gg, name in _GLOBAL_NAMES.items():
+        if module == name:
+            return f"{gg}.{leaf}"
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", module)
+    block = {v: k for k, v in _BLOCK_NAMES.items()}.get(m.group(2)) if m else None
+    return f"blk.{m.group(1)}.{block}.{leaf}" if block else None
+
+
+def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's q/k row permutation (convert_hf_to_gguf.py LlamaModel.permute): per head, halves to interleaved pairs."""
+    half = w.shape[0] // n_head // 2
+    return w.reshape(n_head, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
 def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     """Undo llama.cpp's q/k row permutation: per head, interleaved pairs back to two halves."""
     half = w.shape[0] // n_head // 2
@@ -164,7 +181,7 @@ def tokenizer_from_gguf(reader, meta: dict, where: str):
     if kind is None:
         return None
     pre = meta.get("tokenizer.ggml.pre", "default")
-    if kind != "gpt2" or pre not in ("default", "gpt2", "smollm"):
+    if kind != "gpt2" or pre not in ("default", "gpt2", "gpt-2", "smollm"):
         warnings.warn(
             f"{where}: tokenizer {kind!r} with pre-tokenizer {pre!r} is not rebuilt from GGUF metadata "
             "(byte-level BPE with the gpt2/smollm pre-tokenizer only); loading with tokenizer=None"

@@ -377,11 +377,13 @@ class Engine:
             if req.t_first is None:
                 req.t_first = now
                 self.metrics.observe("ttft_seconds", now - req.t_submit)
+            n_before = len(row.ids)
             delta, reason = self.batch.push(i, token)
-            self.metrics.inc("generation_tokens_total", 0 if reason == "stop" and delta == "" and
-                             len(row.ids) == 0 else 1)
-            if delta or (reason is None and self.batch.tok is None):
-                req.on_event("token", {"text": delta, "token_id": row.ids[-1] if row.ids else None})
+            if len(row.ids) > n_before:  # not the end-of-sequence token
+                self.metrics.inc("generation_tokens_total")
+                req.on_event("token", {"text": delta, "token_id": token})
+            elif delta:
+                req.on_event("token", {"text": delta, "token_id": None})
             if reason is not None:
                 self.batch.drop(i)
                 self._release(row.slot)

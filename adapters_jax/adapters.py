@@ -11,16 +11,15 @@ mutable, so inits that read base weights (prompt_init=vocab) see the real ones.
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapters_jax import configs, paths
+from adapters_jax import configs, formats, interop, paths
 from adapters_jax.configs import AdapterConfigError, AdapterSetup, LoRA
+from adapters_jax.errors import InteropError
 from adapters_jax.models import Loaded, family_of, fingerprint
 from adapters_jax.modules import composition
 from adapters_jax.modules.lora import lora_delta_kernel
@@ -180,49 +179,75 @@ def _fold(model, params, name, sign):
     return model, paths.unflat(out)
 
 
-# --- one adapter on disk: weights (safetensors) + config and base fingerprint (JSON) ---
+# --- one adapter on disk: ours (safetensors + config and base fingerprint), PEFT's or AdapterHub's directory ---
 
-def save_adapter(path, model, params, name: str, base_fingerprint: dict | None = None) -> Path:
+def model_info(model) -> formats.ModelInfo:
+    """The facts of a base model the directory formats translate against (formats.ModelInfo)."""
+    cfg = model.config
+    shapes = jax.eval_shape(lambda: model.clone(adapters=None, head=None).init(
+        jax.random.PRNGKey(0), family_of(cfg.model_type).dummy_inputs(cfg)))
+    kinds = {"kernel": "linear", "embedding": "embed", "scale": "norm"}
+    mods = {k.rsplit("/", 1)[0]: kinds[k.rsplit("/", 1)[1]] for k in paths.flat(shapes["params"])
+            if k.rsplit("/", 1)[1] in kinds}
+    return formats.ModelInfo(cfg.model_type, family_of(cfg.model_type).FAMILY, cfg.num_hidden_layers,
+                             cfg.hidden_size, cfg.num_attention_heads, tuple(sorted(mods.items())))
+
+
+def save_adapter(path, model, params, name: str, base_fingerprint: dict | None = None, format: str = "ours",
+                 with_head: bool = True) -> Path:
     """Write adapter `name` (its leaves only, no optimizer state) to directory `path`.
 
-    Files: adapter.safetensors (our leaf paths) and adapter_config.json (spec, config
-    fingerprint of the base). The directory is written beside and renamed into
-    place, so a failed save never leaves a half-written adapter where a good one was.
+    format="ours": adapter.safetensors (our leaf paths) + adapter_config.json (spec, fingerprint of the base).
+    format="peft": adapter_config.json + adapter_model.safetensors, for PEFT 0.21's PeftModel.from_pretrained.
+    format="adapterhub": adapter_config.json + adapter.safetensors (+ head_config.json + model_head.safetensors
+    with the head), for AdapterHub 1.3's model.load_adapter(path, use_safetensors=True).
+    What the target format has no equivalent for is refused (InteropError) before anything is written.
+    The directory is written beside and renamed into place, so a failed save never leaves a half-written
+    adapter where a good one was.
     """
-    from safetensors.numpy import save_file
-
-    named = model.adapters.get(name)
-    leaves = {k: np.asarray(v) for k, v in paths.flat(params).items() if paths.adapter_of(k) == name}
-    if not leaves:
+    if format not in formats.FORMATS:
+        raise AdapterConfigError(f"format={format!r}; choose one of {formats.FORMATS}")
+    named = model.adapters.get(name) if model.adapters is not None else None
+    flat = paths.flat(params)
+    leaves = {k: np.asarray(v) for k, v in flat.items() if paths.adapter_of(k) == name}
+    if named is None or not leaves:
         raise AdapterConfigError(f"params hold no leaves of adapter {name!r}")
-    fp = base_fingerprint or fingerprint(model.config, base_only(params))
-    meta = {"name": name, "spec": named.spec, "canonical": configs.to_string(named.methods),
-            "base_fingerprint": fp, "format": "adapters_jax.adapter/1"}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file(leaves, str(tmp / "adapter.safetensors"))
-    (tmp / "adapter_config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    if path.exists():  # swap in the new one, then drop the old: a good adapter is never half-overwritten
-        old = path.with_name(path.name + ".old")
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(path)
-    return path
+    head = model.head if with_head and any(paths.is_head(k) for k in flat) else None
+    head_params = {k: v for k, v in flat.items() if paths.is_head(k)}
+    if format == "ours":
+        fp = base_fingerprint or fingerprint(model.config, base_only(params))
+        meta = {"name": name, "spec": named.spec, "canonical": configs.to_string(named.methods),
+                "base_fingerprint": fp, "format": formats.OURS_FORMAT}
+        return formats.write_dir(path, {"adapter.safetensors": leaves, "adapter_config.json": meta})
+    info = model_info(model)
+    if format == "peft":
+        cfg, prefix = formats.peft.config(named.methods, leaves, info, head, name)
+        tensors = {formats.peft.ROOT + prefix + k[len(formats.peft.ROOT):] if k.startswith(formats.peft.ROOT) else k: v
+                   for k, v in interop.to_peft(model, params, name).items()}
+        if head is not None:
+            tensors.update(formats.peft.head_tensors(head_params))
+        return formats.write_dir(path, {"adapter_config.json": cfg, "adapter_model.safetensors": tensors})
+    cfg = formats.adapterhub.config(named.methods, leaves, info, head, name)
+    files = {"adapter_config.json": cfg, "adapter.safetensors": interop.to_adapterhub(model, params, name)}
+    if head is not None:
+        files["head_config.json"], files["model_head.safetensors"] = formats.adapterhub.head_files(
+            head, head_params, info, name)
+    return formats.write_dir(path, files)
 
 
 def load_adapter(base, path, name: str | None = None):
-    """Add a saved adapter to `base` (a Loaded or (model, params)); refuses another base by fingerprint."""
-    from safetensors.numpy import load_file
+    """Add a saved adapter to `base` (a Loaded or (model, params)): ours, or a PEFT or AdapterHub directory.
 
-    path = Path(path)
-    cfg_file, w_file = path / "adapter_config.json", path / "adapter.safetensors"
-    if not cfg_file.exists() or not w_file.exists():
-        raise AdapterConfigError(f"{path} is not a saved adapter (needs adapter_config.json and adapter.safetensors)")
-    meta = json.loads(cfg_file.read_text())
+    Ours is refused on another base (by fingerprint). A PEFT/AdapterHub directory's config is
+    translated to our config string (formats), the adapter added, its leaves filled by interop
+    (every leaf from a tensor, every tensor to a leaf, shapes checked) and a saved classification
+    head added where ours is equal; what has no equivalent is refused with InteropError naming it.
+    """
+    fmt, meta = formats.detect(path)
     model, params = (base.model, base.params) if isinstance(base, Loaded) else base
+    if fmt != formats.OURS:
+        return _load_foreign(model, params, Path(path), fmt, meta, name)
+    w_file = formats.weights_file(Path(path), fmt)
     have = base.fingerprint if isinstance(base, Loaded) else fingerprint(model.config, base_only(params))
     if have != meta["base_fingerprint"]:
         raise AdapterConfigError(
@@ -233,9 +258,50 @@ def load_adapter(base, path, name: str | None = None):
     name = name or saved
     model, params = add_adapters((model, params), meta["canonical"], name=name)
     flat = paths.flat(params)
-    for k, v in load_file(str(w_file)).items():
+    for k, v in formats.read_weights(w_file).items():
         k = paths.rename_adapter(k, saved, name)
         if k not in flat or flat[k].shape != v.shape:
             raise AdapterConfigError(f"{w_file}: tensor {k} does not fit this model")
         flat[k] = jnp.asarray(v)
     return model, paths.unflat(flat)
+
+
+def _check_base(params, tensors: dict, model, path) -> None:
+    """A peer saved base tensors beside the adapter (AdapterHub: a static model's lm_head): they must be this base's."""
+    flat, family = paths.flat(params), family_of(model.config.model_type).FAMILY
+    for k, v in tensors.items():
+        p = paths.hf_to_path(k, family, flat)
+        ours = None if p is None else np.asarray(flat[p]).T if p.endswith("/kernel") else np.asarray(flat[p])
+        if ours is None or ours.shape != v.shape or not np.array_equal(ours, v.astype(ours.dtype)):
+            raise InteropError(f"{path}: saved base tensor {k!r} differs from this base's (a trained or another "
+                               "base's module); adapters_jax keeps the base frozen and cannot load it")
+
+
+def _load_foreign(model, params, path: Path, fmt: str, meta: dict, name: str | None):
+    foreign = formats.read(path, fmt, meta, model_info(model))
+    name = name or foreign.name or "default"
+    if foreign.head is not None and model.head is not None:
+        raise InteropError(f"{path} holds a head, and this model has one already ({model.head!r})")
+    try:
+        model, params = add_adapters((model, params), foreign.spec, name=name, head=foreign.head)
+    except AdapterConfigError as e:
+        raise InteropError(f"{path}: its config, as {foreign.spec!r}, does not fit this base: {e}") from e
+    _check_base(params, foreign.base_tensors, model, path)
+    made = {(p.method, p.module) for p in map(paths.parse, paths.flat(params)) if p.name == name}
+    for method, mods in foreign.hooks.items():
+        missing = sorted(m for m in mods if (method, m) not in made)
+        if missing:
+            raise InteropError(f"{path}: the config puts {method} on {paths.hf_dotted(missing[0])}, which has no "
+                               f"{method} hook here")
+    if fmt == formats.PEFT:
+        params = interop.from_peft(foreign.tensors, model, params, name)
+    else:
+        params = interop.from_adapterhub(foreign.tensors, model, params, name, adapter=foreign.name)
+    if foreign.head is not None:
+        flat = paths.flat(params)
+        for k, (src, v) in foreign.head_tensors.items():
+            if k not in flat or tuple(flat[k].shape) != tuple(v.shape):
+                raise InteropError(f"{path}: head tensor {src!r} {tuple(v.shape)} does not fit {k}")
+            flat[k] = jnp.asarray(v, flat[k].dtype)
+        params = paths.unflat(flat)
+    return model, params

@@ -242,3 +242,53 @@ def to_peft(model, params, name: str) -> dict[str, np.ndarray]:
     if not out:
         raise InteropError(f"params hold no leaves of adapter {name!r}")
     return out
+
+
+_AH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "embedding": "weight"}
+
+
+def to_adapterhub(model, params, name: str, adapter: str | None = None) -> dict[str, np.ndarray]:
+    """Adapter `name` as AdapterHub 1.3's saved tensors (`save_adapter` names, the adapter called `adapter` there).
+
+    Bottleneck adapters, prefix tuning (the shared pool once, at the model root), LoRA, and IA3
+    that scales outputs. IA3 on the FFN activation and prompt tuning have no AdapterHub counterpart.
+    """
+    x = adapter or name
+    bns = model.adapters.get(name).of(Bottleneck)
+    lin = 1 if bns and bns[0].ln_before else 0
+    out: dict[str, np.ndarray] = {}
+    for k, v in paths.flat(params).items():
+        p = paths.parse(k)
+        if p.name != name:
+            continue
+        v, sub, _, kind = np.asarray(v), *p.leaf.rpartition("/")
+        t = v.T if kind == "kernel" else v
+        dotted = paths.hf_dotted(p.module) + "." if p.module else ""
+        if p.method == "bottleneck":
+            base = dotted + ("" if p.group == "adapters" else f"{p.group}.") + f"adapters.{x}."
+            if sub == "adapter_down":
+                out[f"{base}adapter_down.{lin}.{_AH_LEAF[kind]}"] = t
+            elif sub in ("adapter_up", "adapter_norm_after"):
+                out[f"{base}{sub}.{_AH_LEAF[kind]}"] = t
+            elif sub == "adapter_norm_before":  # AdapterHub saves it twice: by name and as adapter_down.0
+                out[f"{base}adapter_norm_before.{_AH_LEAF[kind]}"] = out[f"{base}adapter_down.0.{_AH_LEAF[kind]}"] = t
+            elif p.leaf == "scaling":
+                out[f"{base}scaling"] = v
+            else:
+                raise InteropError(f"{k}: AdapterHub has no counterpart of this bottleneck leaf")
+        elif p.method == "prefix_tuning":
+            base = f"{dotted}prefix_tuning.prefix_tunings.{x}.self_prefix."
+            if p.leaf == "control_trans":
+                out[base + "control_trans"] = v
+            else:
+                out[base + sub.replace("control_trans_", "control_trans.") + "." + _AH_LEAF[kind]] = t
+        elif p.method == "lora":
+            out[f"{dotted}loras.{x}.{p.leaf}"] = v.T
+        elif p.method == "ia3" and _ia3_mode(model, name, p.module) == "output":
+            out[f"{dotted}loras.{x}.lora_B"] = v.reshape(-1, 1)
+        else:
+            raise InteropError(f"{k}: AdapterHub has no counterpart of this leaf (IA3 on the FFN activation and "
+                               "prompt tuning are PEFT's)")
+    if not out:
+        raise InteropError(f"params hold no leaves of adapter {name!r}")
+    return out

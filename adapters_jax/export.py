@@ -20,10 +20,10 @@ a non-empty DIR that is not a previous export is refused (docs/export.md).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,8 @@ BASE_ARCH = {"bert": "BertModel", "roberta": "RobertaModel", "llama": "LlamaForC
 # (architecture, base-name prefix, {our head module: HF module}, base modules the task model lacks)
 HEAD_ARCH = {
     ("bert", "pooler", 0): ("BertForSequenceClassification", "bert.", paths.HF_HEAD_NAMES["bert"], ()),
-    ("roberta", "cls", 1): ("RobertaForSequenceClassification", "roberta.", paths.HF_HEAD_NAMES["roberta"], ("pooler/",)),
+    ("roberta", "cls", 1): ("RobertaForSequenceClassification", "roberta.", paths.HF_HEAD_NAMES["roberta"],
+                            ("pooler/",)),
 }
 
 
@@ -130,8 +131,8 @@ def hf_state(model, params, dtype: str = "float32", drop_head: bool = False) -> 
         arch, prefix, head_names, lacks = head_mapping(model)
         n = model.head.num_labels
         extra = {"id2label": {str(i): f"LABEL_{i}" for i in range(n)}, "label2id": {f"LABEL_{i}": i for i in range(n)}}
-        if "pooler/" in lacks:  # RobertaForSequenceClassification has none; our loader reads this key
-            extra["add_pooling_layer"] = False
+        if "pooler/" in lacks:  # RobertaForSequenceClassification has none
+            c = dataclasses.replace(c, add_pooling_layer=False)
     cast = np.dtype(_np_dtype(dtype))
     tensors = {}
     for path, v in paths.flat(params).items():
@@ -139,9 +140,8 @@ def hf_state(model, params, dtype: str = "float32", drop_head: bool = False) -> 
         if p.kind == "head":
             if not head_names:
                 continue
-            module = p.module + "/" + p.leaf.rsplit("/", 1)[0]
             name, transposed = paths.path_to_hf(path)
-            name = head_names[module] + name[len(paths.hf_dotted(module)):]
+            name = f"{head_names[path.rsplit('/', 1)[0]]}.{name.rsplit('.', 1)[1]}"
         elif any(path.startswith(m) for m in lacks):
             continue
         else:
@@ -170,6 +170,8 @@ def hf_config(c, architecture: str, dtype: str) -> dict:
                 "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
                 "type_vocab_size", "layer_norm_eps", "pad_token_id")
         extra = {"position_embedding_type": "absolute"}
+        if not c.add_pooling_layer:  # HF's default is a pooler; our loader reads this key
+            extra["add_pooling_layer"] = False
     else:
         if c.model_type == "llama" and c.o_bias != c.attention_bias:
             raise InteropError(f"attention_bias={c.attention_bias} with o_bias={c.o_bias}: HF Llama has one flag "
@@ -195,19 +197,23 @@ def _np_dtype(dtype: str):
     return np.dtype(dtype)
 
 
+def tokenizer_files(tokenizer) -> list[Path] | None:
+    """The tokenizer files of directory `tokenizer` (None for a tokenizer object or None); refuses one without any."""
+    if not isinstance(tokenizer, (str, Path)):
+        return None
+    src = Path(tokenizer)
+    found = [src / f for f in TOKENIZER_FILES if (src / f).is_file()] if src.is_dir() else []
+    if not found:
+        raise ConfigError(f"tokenizer={str(tokenizer)!r} is not a directory holding tokenizer files "
+                          f"({', '.join(TOKENIZER_FILES[:3])}, ...); pass the tokenizer object (base.tokenizer)")
+    return found
+
+
 def write_tokenizer(tokenizer, dest: Path) -> None:
     """Tokenizer files into `dest`: copied from a directory, or written by the tokenizer object."""
-    if tokenizer is None:
-        return
-    if isinstance(tokenizer, (str, Path)):
-        src = Path(tokenizer)
-        found = [f for f in TOKENIZER_FILES if (src / f).is_file()] if src.is_dir() else []
-        if not found:
-            raise ConfigError(f"tokenizer={str(tokenizer)!r} is not a directory holding tokenizer files "
-                              f"({', '.join(TOKENIZER_FILES[:3])}, ...); pass the tokenizer object (base.tokenizer)")
-        for f in found:
-            shutil.copy2(src / f, dest / f)
-    else:
+    for f in tokenizer_files(tokenizer) or ():
+        shutil.copy2(f, dest / f.name)
+    if tokenizer is not None and tokenizer_files(tokenizer) is None:
         tokenizer.save_pretrained(str(dest))
 
 
@@ -230,7 +236,7 @@ def prepare_gguf(model, params, dtype: str, tokenizer, drop_head: bool):
     if tokenizer is None:
         raise ConfigError("GGUF export needs the tokenizer (llama.cpp reads the vocabulary from the file): pass "
                           "tokenizer=base.tokenizer")
-    tok = AutoTokenizer.from_pretrained(str(tokenizer)) if isinstance(tokenizer, (str, Path)) else tokenizer
+    tok = AutoTokenizer.from_pretrained(str(tokenizer)) if tokenizer_files(tokenizer) else tokenizer
     vocab = gguf_vocab(tok, c.vocab_size)
     hf, _ = hf_state(model, params, "float32", drop_head=True)
     tensors = {}
@@ -248,32 +254,22 @@ def write_gguf(file: Path, c, tensors: dict, vocab: dict, dtype: str) -> None:
     import gguf as gg
 
     w = gg.GGUFWriter(str(file), "llama")
-    w.add_block_count(c.num_hidden_layers)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    w.add_rope_freq_base(c.rope_theta)
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    if c.head_dim != c.hidden_size // c.num_attention_heads:
-        w.add_key_length(c.head_dim)
-        w.add_value_length(c.head_dim)
-    w.add_file_type(gg.LlamaFileType.MOSTLY_F16 if dtype == "float16" else gg.LlamaFileType.ALL_F32)
-    w.add_vocab_size(c.vocab_size)
-    w.add_rope_dimension_count(c.head_dim)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(vocab["pre"])
-    w.add_token_list(vocab["tokens"])
-    w.add_token_types(vocab["token_types"])
-    w.add_token_merges(vocab["merges"])
-    for kind, i in vocab["ids"].items():
-        getattr(w, f"add_{kind}_token_id")(i)
-    w.add_add_bos_token(vocab["add_bos"])
-    w.add_add_space_prefix(vocab["add_space_prefix"])
-    if vocab["chat_template"]:
-        w.add_chat_template(vocab["chat_template"])
-    w.add_quantization_version(gg.GGML_QUANT_VERSION)
+    f16 = dtype == "float16"
+    kv = [(w.add_block_count, c.num_hidden_layers), (w.add_context_length, c.max_position_embeddings),
+          (w.add_embedding_length, c.hidden_size), (w.add_feed_forward_length, c.intermediate_size),
+          (w.add_head_count, c.num_attention_heads), (w.add_head_count_kv, c.num_key_value_heads),
+          (w.add_rope_freq_base, c.rope_theta), (w.add_layer_norm_rms_eps, c.rms_norm_eps)]
+    if c.head_dim != c.hidden_size // c.num_attention_heads:  # as llama.cpp: only a head_dim config.json names
+        kv += [(w.add_key_length, c.head_dim), (w.add_value_length, c.head_dim)]
+    kv += [(w.add_file_type, gg.LlamaFileType.MOSTLY_F16 if f16 else gg.LlamaFileType.ALL_F32),
+           (w.add_vocab_size, c.vocab_size), (w.add_rope_dimension_count, c.head_dim),
+           (w.add_tokenizer_model, "gpt2"), (w.add_tokenizer_pre, vocab["pre"]), (w.add_token_list, vocab["tokens"]),
+           (w.add_token_types, vocab["token_types"]), (w.add_token_merges, vocab["merges"])]
+    kv += [(getattr(w, f"add_{kind}_token_id"), i) for kind, i in vocab["ids"].items()]
+    kv += [(w.add_add_bos_token, vocab["add_bos"]), (w.add_add_space_prefix, vocab["add_space_prefix"])]
+    kv += [(w.add_chat_template, vocab["chat_template"])] if vocab["chat_template"] else []
+    for add, value in kv + [(w.add_quantization_version, gg.GGML_QUANT_VERSION)]:
+        add(value)
     for name, v in tensors.items():
         w.add_tensor(name, v)
     w.write_header_to_file()
@@ -305,18 +301,15 @@ def gguf_vocab(tok, vocab_size: int) -> dict:
         tokens.append(t)
         types.append(kind)
     space = chr(ord(" ") + 256)  # gguf.SpecialVocab's spelling of a space inside a merge
+    byte_level = spec["pre_tokenizer"] if pre == "gpt-2" else spec["pre_tokenizer"]["pretokenizers"][-1]
     merges = [m if isinstance(m, str) else " ".join(p.replace(" ", space) for p in m) for m in spec["model"]["merges"]]
     ids = {k: getattr(tok, f"{k}_token_id") for k in ("bos", "eos", "unk", "pad")}
     bos = ids["bos"]
     return {"pre": pre, "tokens": tokens, "token_types": types, "merges": merges,
             "ids": {k: int(v) for k, v in ids.items() if v is not None and v < vocab_size},
             "add_bos": bos is not None and tok("a")["input_ids"][:1] == [bos],
-            "add_space_prefix": bool(_byte_level(spec["pre_tokenizer"]).get("add_prefix_space", False)),
+            "add_space_prefix": bool(byte_level.get("add_prefix_space", False)),
             "chat_template": tok.chat_template if isinstance(tok.chat_template, str) else None}
-
-
-def _byte_level(pre: dict) -> dict:
-    return pre if pre["type"] == "ByteLevel" else pre["pretokenizers"][-1]
 
 
 def _pre_name(pre: dict | None) -> str | None:
@@ -352,11 +345,12 @@ def export_merged(model, params, path, format: str = "hf", dtype: str = "float32
         raise ConfigError(f"dtype={dtype!r} for format={format!r}; choose one of {list(FORMATS[format])}")
     dest = Path(path)
     check_destination(dest)
-    folded = [n for n in (model.adapters.active if model.adapters else ())]
+    folded = list(model.adapters.active if model.adapters else ())
     plain, params = fold(model, params)
     if format == "gguf":
         write = prepare_gguf(plain, params, dtype, tokenizer, drop_head)
     else:
+        tokenizer_files(tokenizer)  # a directory without tokenizer files is refused here, before writing
         tensors, config = hf_state(plain, params, dtype, drop_head)
         write = lambda tmp: _write_hf(tmp, tensors, config, tokenizer)  # noqa: E731
     info = {"format": "adapters_jax.export/1", "file_format": format, "dtype": dtype,
@@ -364,11 +358,11 @@ def export_merged(model, params, path, format: str = "hf", dtype: str = "float32
             "merged_before": list(model.adapters.merged) if model.adapters else [],
             "head": None if plain.head is None or drop_head else type(plain.head).__name__}
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.export-", dir=dest.parent))
+    tmp = _beside(dest, "export")
     try:
+        tmp.mkdir()
         write(tmp)
         (tmp / MARKER).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-        _publishable(tmp)
         _swap_in(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -393,22 +387,19 @@ def check_destination(dest: Path) -> None:
                           "directory: nothing was written")
 
 
-def _publishable(tmp: Path) -> None:
-    """The modes a plain mkdir/open would give (mkdtemp makes the directory private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    for f in tmp.iterdir():
-        f.chmod(0o666 & ~umask)
+def _beside(dest: Path, what: str) -> Path:
+    return dest.with_name(f".{dest.name}.{what}-{uuid.uuid4().hex[:12]}")
 
 
 def _swap_in(tmp: Path, dest: Path) -> None:
     """tmp becomes dest; an existing dest is moved aside first and removed only after the rename."""
+    mode = (tmp / MARKER).stat().st_mode & 0o777  # what open() gave under the umask (safetensors writes 0600)
+    for f in tmp.iterdir():
+        f.chmod(mode)
     if not dest.exists():
         tmp.rename(dest)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-    old.rmdir()
+    old = _beside(dest, "old")
     dest.rename(old)
     tmp.rename(dest)
     shutil.rmtree(old)

@@ -1,7 +1,7 @@
 """Cross-library fixtures for tests/test_export.py: merged models exported by OUR code, read back by transformers.
 
     .venv/bin/python scripts/make_fixtures_export.py             # writes tests/fixtures/export_ref.{npz,json}
-    .venv/bin/python scripts/make_fixtures_export.py --smollm2   # also the real SmolLM2-135M run (numbers for docs/export.md)
+    .venv/bin/python scripts/make_fixtures_export.py --smollm2   # + the real SmolLM2-135M (numbers in docs/export.md)
 
 Stage 1 (.venv, jax) builds every case deterministically (committed tiny bases, adapter and head leaves and the
 tiny SmolLM2-shaped model's weights drawn from fixed numpy seeds, SmolLM2's real tokenizer) and exports it with
@@ -164,7 +164,8 @@ def tokenizer_fields_equal(ours: Path, theirs: Path) -> list[str]:
 
     a, b = gguf.GGUFReader(str(ours)), gguf.GGUFReader(str(theirs))
     keys = sorted(k for k in set(a.fields) | set(b.fields) if k.startswith("tokenizer."))
-    return [k for k in keys if k not in a.fields or k not in b.fields or a.fields[k].contents() != b.fields[k].contents()]
+    same = lambda k: k in a.fields and k in b.fields and a.fields[k].contents() == b.fields[k].contents()  # noqa: E731
+    return [k for k in keys if not same(k)]
 
 
 def export_hash(path: Path) -> str:
@@ -210,7 +211,8 @@ def smollm2_export(work: Path) -> dict:
     for dtype in ("float32", "float16"):
         from adapters_jax.export import export_merged
 
-        d = export_merged(model, params, work / f"smollm2_{dtype}", format="gguf", dtype=dtype, tokenizer=base.tokenizer)
+        d = export_merged(model, params, work / f"smollm2_{dtype}", format="gguf", dtype=dtype,
+                          tokenizer=base.tokenizer)
         back = aj.load(d / "model.gguf")
         out[dtype] = {"ours_reloaded": lm_summary(back.model.apply({"params": back.params}, ids), ids[0])}
         del back

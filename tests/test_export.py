@@ -15,10 +15,9 @@ from safetensors.numpy import load_file
 
 import adapters_jax as aj
 from adapters_jax import paths
-from adapters_jax.configs import AdapterSetup
 from adapters_jax.errors import ConfigError, InteropError
 from adapters_jax import export as ex
-from adapters_jax.models import bert, heads, llama
+from adapters_jax.models import heads
 from adapters_jax.models import gguf as gguf_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +60,8 @@ def test_exports_are_the_bytes_transformers_read(exported, ref):
     # llama.cpp's converter wrote into the SmolLM2 file (tokens, types, merges, pre, special ids, template)
     assert ref[1]["smol_gguf_tokenizer_fields_differing_from_smollm2_file"] == []
     classes = {n: ref[1][f"{n}/class"] for n in fx.EXPORTS}
-    assert classes["bert"] == "BertForSequenceClassification" and classes["roberta"] == "RobertaForSequenceClassification"
+    assert classes["bert"] == "BertForSequenceClassification"
+    assert classes["roberta"] == "RobertaForSequenceClassification"
 
 
 @pytest.mark.parametrize("name", list(fx.EXPORTS))
@@ -194,3 +194,34 @@ def test_destination_is_never_clobbered(built, tmp_path, monkeypatch):
     monkeypatch.undo()
     again = ex.export_merged(b["model"], b["params"], dest)  # a previous export is replaced
     assert fx.export_hash(again) == good and sorted(p.name for p in tmp_path.iterdir()) == ["file", "mine", "out"]
+
+
+def test_unadapted_base_is_its_checkpoint_and_bf16_casts(tmp_path):
+    """A model without adapters (full fine-tuning) is written as it is: the source's own tensors, bit for bit."""
+    base = aj.load(FIX / "tiny-roberta")
+    out = ex.export_merged(base.model, base.params, tmp_path / "f32")
+    assert json.loads((out / ex.MARKER).read_text())["folded"] == {}
+    mine, source = (load_file(str(d / "model.safetensors")) for d in (out, FIX / "tiny-roberta"))
+    assert sorted(mine) == sorted(source) and all(np.array_equal(mine[k], source[k]) for k in source)
+    half = aj.load(ex.export_merged(base.model, base.params, tmp_path / "bf16", dtype="bfloat16"))
+    for k, v in paths.flat(base.params).items():
+        np.testing.assert_allclose(paths.flat(half.params)[k], v, rtol=2 ** -8, atol=1e-30)
+
+
+def test_adapter_drop_layers_keep_the_base_kernels(built):
+    b = built["llama"]
+    whole, dropped = (paths.flat(ex.fold(m, b["params"])[1]) for m in (b["model"], aj.adapter_drop(b["model"], 1)))
+    base = paths.flat(b["params"])
+    q = "model/layers_{}/self_attn/q_proj/kernel"
+    assert np.array_equal(dropped[q.format(0)], base[q.format(0)])
+    assert not np.array_equal(whole[q.format(0)], base[q.format(0)])
+    assert np.array_equal(dropped[q.format(1)], whole[q.format(1)])
+
+
+def test_tokenizer_from_a_directory_is_copied(exported, built, tmp_path):
+    b = built["smol"]
+    out = ex.export_merged(b["model"], b["params"], tmp_path / "o", tokenizer=exported["smol_hf"])
+    assert (out / "tokenizer.json").read_bytes() == (exported["smol_hf"] / "tokenizer.json").read_bytes()
+    with pytest.raises(ConfigError, match="not a directory holding tokenizer files"):
+        ex.export_merged(b["model"], b["params"], tmp_path / "p", tokenizer=tmp_path)
+    assert not (tmp_path / "p").exists()

@@ -65,7 +65,7 @@ def hf_name(gguf_name: str) -> str:
 
 
 def gguf_name(hf: str) -> str | None:
-    """Inverse of hf_name for the Llama tensors GGUF names: `model.layers.3.mlp.up_proj.weight` -> `blk.3.ffn_up.weight`."""
+    """Inverse of hf_name (Llama tensors): `model.layers.3.mlp.up_proj.weight` -> `blk.3.ffn_up.weight`, else None."""
     module, _, leaf = hf.rpartition(".")
     for gg, name in _GLOBAL_NAMES.items():
         if module == name:
@@ -76,7 +76,7 @@ def gguf_name(hf: str) -> str | None:
 
 
 def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp's q/k row permutation (convert_hf_to_gguf.py LlamaModel.permute): per head, halves to interleaved pairs."""
+    """llama.cpp's q/k row permutation (convert_hf_to_gguf.py LlamaModel.permute): per head, halves to pairs."""
     half = w.shape[0] // n_head // 2
     return w.reshape(n_head, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench import common  # noqa: E402  (run as a script: the repository root first)
 SPECS = {"lora": "lora[r=8]", "houlsby": "houlsby[bottleneck=64]", "ia3": "ia3", "prefix": "prefix_tuning[prefix_length=16]"}
 
 
@@ -61,16 +63,10 @@ def build(model_name: str, spec: str, k: int, seed: int = 0):
 
 
 def timed(fn, warmup: int, steps: int) -> float:
+    """Median seconds of `steps` calls after `warmup` (common.timed, waiting for jax's asynchronous results)."""
     import jax
 
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    out = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
+    return statistics.median(common.timed(fn, warmup, steps, jax.block_until_ready)[1])
 
 
 def one_case(model_name: str, method: str, b: int, t: int, k: int, rounds: int, warmup: int, steps: int) -> list:

@@ -40,6 +40,26 @@ def flags_model(model: str) -> str:
     """What to hand adapters_jax.xla_flags.apply_for for a bench model name."""
     return FLAGS_STAND_IN.get(model, model)
 
+def timed(fn, warmup: int = 1, steps: int = 1, sync=lambda out: out):
+    """Call fn() `warmup` times, then `steps` times timed; `sync` waits for an output (jax.block_until_ready for
+    asynchronous dispatch). Returns (seconds of each warm-up call, seconds of each timed call, the last output)."""
+    def once():
+        t0 = time.perf_counter()
+        out = sync(fn())
+        return time.perf_counter() - t0, out
+
+    out = None
+    warm = []
+    for _ in range(warmup):
+        s, out = once()
+        warm.append(s)
+    times = []
+    for _ in range(steps):
+        s, out = once()
+        times.append(s)
+    return warm, times, out
+
+
 RESULT_TAG = "BENCH_RESULT "
 
 

@@ -18,10 +18,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench import common  # noqa: E402  (run as a script: the repository root first)
 PROMPT = "The old lighthouse keeper climbed the narrow stairs every evening to light the lamp for the"
 PYTHONS = {"jax": ROOT / ".venv/bin/python", "torch": ROOT / ".venv-ref/bin/python"}
 
@@ -47,12 +48,7 @@ def jax_worker(batch: int, new: int) -> dict:
     ids = base.tokenizer(PROMPT, add_special_tokens=False)["input_ids"][:16]
     prompts = [ids] * batch
     run = lambda: aj.generate(base.model, base.params, prompts, new, min_new_tokens=new)  # noqa: E731
-    t0 = time.perf_counter()
-    run()
-    warm = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    outs = run()
-    dt = time.perf_counter() - t0
+    (warm,), (dt,), outs = common.timed(run)
     assert all(len(o.ids) == new for o in outs)
     slots = kv_cache.slots_for(prompt_bucket(len(ids)), prompt_length(base.model), new)
     return {"side": "jax", "batch": batch, "new": new, "seconds": dt, "warmup_s": warm,
@@ -73,12 +69,7 @@ def torch_worker(batch: int, new: int, gguf: str) -> dict:
     run = lambda: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,  # noqa: E731
                                  max_new_tokens=new, min_new_tokens=new)
     with torch.no_grad():
-        t0 = time.perf_counter()
-        run()
-        warm = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = run()
-        dt = time.perf_counter() - t0
+        (warm,), (dt,), out = common.timed(run)
     assert out.shape[1] - ids.shape[1] == new
     return {"side": "torch", "batch": batch, "new": new, "seconds": dt, "warmup_s": warm,
             "tokens_per_s": batch * new / dt, "torch": torch.__version__, "transformers": transformers.__version__,

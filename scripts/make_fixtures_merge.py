@@ -90,23 +90,29 @@ def dotted(module_name: str) -> str:
     return module_name.removeprefix("base_model.model.")
 
 
+def peft_model(cfgs: dict, layer_type, seed: int, around_one: bool, out: dict):
+    """One PeftModel on MiniLM-L6 holding every adapter of `cfgs` (name -> PEFT config), randomised from `seed`;
+    their saved tensors go into out["w/<name>/..."]. Returns the model and its adapter layers by dotted name."""
+    pm = None
+    for name, cfg in cfgs.items():
+        if pm is None:
+            pm = peft.get_peft_model(BertModel.from_pretrained(BASE), cfg, adapter_name=name)
+        else:
+            pm.add_adapter(name, cfg)
+    randomise(pm, list(cfgs), torch.Generator().manual_seed(seed), around_one=around_one)
+    for name in cfgs:
+        for k, v in peft.get_peft_model_state_dict(pm, adapter_name=name).items():
+            out[f"w/{name}/{k}"] = v.numpy()
+    return pm, {dotted(n): m for n, m in pm.named_modules() if isinstance(m, layer_type)}
+
+
 def main():
     torch.manual_seed(0)
     out: dict[str, np.ndarray] = {}
     cases_meta = []
 
-    pm = None
-    for name, (kw, _) in LORAS.items():
-        cfg = peft.LoraConfig(target_modules=TARGETS, lora_dropout=0.0, **kw)
-        if pm is None:
-            pm = peft.get_peft_model(BertModel.from_pretrained(BASE), cfg, adapter_name=name)
-        else:
-            pm.add_adapter(name, cfg)
-    randomise(pm, list(LORAS), torch.Generator().manual_seed(0), around_one=False)
-    for name in LORAS:
-        for k, v in peft.get_peft_model_state_dict(pm, adapter_name=name).items():
-            out[f"w/{name}/{k}"] = v.numpy()
-    lora_layers = {dotted(n): m for n, m in pm.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)}
+    lora_cfgs = {name: peft.LoraConfig(target_modules=TARGETS, lora_dropout=0.0, **kw) for name, (kw, _) in LORAS.items()}
+    pm, lora_layers = peft_model(lora_cfgs, peft.tuners.lora.LoraLayer, 0, False, out)
     assert len(lora_layers) == 6, sorted(lora_layers)
 
     for case, names, weights, kw, deterministic in CASES:
@@ -125,18 +131,8 @@ def main():
                                deterministic=deterministic, peft_new_r=cfg.r, peft_new_alpha=cfg.lora_alpha))
         pm.delete_adapter(new)
 
-    ia3 = None
-    for name in IA3S:
-        cfg = peft.IA3Config(**IA3_PEER)
-        if ia3 is None:
-            ia3 = peft.get_peft_model(BertModel.from_pretrained(BASE), cfg, adapter_name=name)
-        else:
-            ia3.add_adapter(name, cfg)
-    randomise(ia3, list(IA3S), torch.Generator().manual_seed(1), around_one=True)
-    for name in IA3S:
-        for k, v in peft.get_peft_model_state_dict(ia3, adapter_name=name).items():
-            out[f"w/{name}/{k}"] = v.numpy()
-    ia3_layers = {dotted(n): m for n, m in ia3.named_modules() if isinstance(m, peft.tuners.ia3.IA3Layer)}
+    ia3, ia3_layers = peft_model({name: peft.IA3Config(**IA3_PEER) for name in IA3S}, peft.tuners.ia3.IA3Layer, 1,
+                                 True, out)
     for case, names, weights in IA3_CASES:
         new = f"m_{case}"
         ia3.add_weighted_adapter(names, weights, new)

@@ -16,7 +16,8 @@ zero up-projection rows). Each example's output equals its adapter run alone
 `route` must be called inside the jitted function, on the traced ids. Free
 slots (size > members) start as fresh adapters (LoRA and bottleneck: the
 identity) until `write` puts an adapter there; a write that keeps the slot's
-LoRA scaling keeps the model, and so the compiled step.
+LoRA scaling returns a model equal to the old one (configs.Bank compares the
+scalings, not the members' names), so a jitted step keyed on it is reused.
 """
 from __future__ import annotations
 
@@ -143,7 +144,8 @@ def write(model, params, slot: int, name: str):
     """Put named adapter `name` (already in params) into bank slot `slot`; returns (model, params).
 
     The bank's shape does not change, so a jitted step compiled for it runs the new slot
-    without recompiling as long as the slot's LoRA scaling is unchanged (it is static).
+    without recompiling as long as the slot's LoRA scaling is unchanged (it is static): the
+    returned model equals the old one then, even with the model as a static jit argument.
     """
     setup = model.adapters
     bank = setup.bank

@@ -350,11 +350,19 @@ class Bank:
     `methods` is the slots' common shape (the largest LoRA rank and bottleneck size of
     the members; smaller members are zero-padded, which is exact); `slots[k]` is the
     adapter in slot k with its own configs (its LoRA scaling), or None for a free slot.
+    Two banks are equal (and a jitted step keyed on the model is reused) when their name,
+    shape and per-slot LoRA scalings are: which adapter sits in a slot is data, so
+    `bank.write` of another adapter with the same scaling keeps the compiled step.
     """
 
     name: str
     methods: tuple[MethodConfig, ...]
-    slots: tuple[NamedAdapter | None, ...]
+    slots: tuple[NamedAdapter | None, ...] = field(compare=False)
+    scalings: tuple[float, ...] = field(init=False)  # [K] alpha/r (or rsLoRA's) per slot; 0 without LoRA
+
+    def __post_init__(self):
+        object.__setattr__(self, "scalings", tuple(
+            float(a.of(LoRA)[0].scaling) if a is not None and a.of(LoRA) else 0.0 for a in self.slots))
 
     @property
     def size(self) -> int:

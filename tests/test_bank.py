@@ -93,6 +93,11 @@ def test_unstack_and_write_round_trip_exactly():
     assert m3.adapters.bank.slots[3].name == "a1"
     for k, v in bank.slot_params(p3, "bank", 3).items():
         np.testing.assert_array_equal(v, bank.slot_params(p3, "bank", 1)[k])
+    # which adapter sits in a slot is data: another adapter with the same LoRA scaling (alpha/r = 2) gives an equal
+    # model, so a jitted step keyed on the model (a static argument) is reused; another scaling is another model
+    wa, wb = bank.write(model, params, 3, "a0")[0].adapters.bank, bank.write(m2, p2, 3, "back")[0].adapters.bank
+    assert wa.slots[3].name != wb.slots[3].name and wa == wb and hash(wa) == hash(wb)
+    assert wa != m3.adapters.bank  # slot 3's scaling 2 vs 1
 
 
 def test_bad_banks_are_refused_by_name():

@@ -176,8 +176,7 @@ def linear_output(linear, x_BxTxI, y_BxTxO, deterministic):
 
 def lora_scalings(bank) -> np.ndarray:
     """[K] each slot's own LoRA scaling (alpha/r of its member; 0 for a free slot)."""
-    return np.asarray([a.of(LoRA)[0].scaling if a is not None and a.of(LoRA) else 0.0 for a in bank.slots],
-                      np.float32)
+    return np.asarray(bank.scalings, np.float32)
 
 
 def bottleneck(module, location, h_BxTxD, x_in_BxTxD, layer_norm, deterministic, family: str):

@@ -21,7 +21,7 @@ from adapters_jax import configs, formats, interop, paths
 from adapters_jax.configs import AdapterConfigError, AdapterSetup, LoRA
 from adapters_jax.errors import InteropError
 from adapters_jax.models import Loaded, family_of, fingerprint
-from adapters_jax.modules import composition
+from adapters_jax.modules import blocks, composition
 from adapters_jax.modules.lora import lora_delta_kernel
 
 
@@ -29,7 +29,7 @@ def base_only(params) -> dict:
     return paths.unflat({k: v for k, v in paths.flat(params).items() if paths.is_base(k)})
 
 
-def add_adapters(base, spec, name: str = "default", head=None, rng=None):
+def add_adapters(base, spec, name: str = "default", head=None, rng=None, init: bool = True):
     """Add one named adapter (and optionally a task head) to a base model.
 
     base: a `Loaded` (from aj.load) or a (model, params) pair that may already hold adapters.
@@ -38,6 +38,8 @@ def add_adapters(base, spec, name: str = "default", head=None, rng=None):
     Returns (model, params): the model has the new adapter active (alone), params hold
     the base arrays unchanged plus the new leaves. Raises AdapterConfigError for a bad spec,
     a bottleneck larger than the hidden size, or a LoRA/IA3 target that matches no module.
+    init=False traces the model instead of running it and gives the new leaves as zeros: for
+    callers that fill every one of them (load_adapter), at no forward pass's cost.
     """
     model, params = (base.model, base.params) if isinstance(base, Loaded) else base
     cfg = model.config
@@ -51,10 +53,12 @@ def add_adapters(base, spec, name: str = "default", head=None, rng=None):
     rng = jax.random.PRNGKey(0) if rng is None else rng
     ids = family_of(cfg.model_type).dummy_inputs(cfg)
     run = model if setup.bank is None else route(model, jnp.zeros((ids.shape[0],), jnp.int32))  # slot 0: a dummy run
-    _, state = run.apply({"params": params}, ids, mutable=["params"], rngs={"params": rng})
-    new_params = state["params"]
-    old, new = paths.flat(params), paths.flat(new_params)
+    init_fn = lambda p: run.apply({"params": p}, ids, mutable=["params"], rngs={"params": rng})[1]["params"]  # noqa: E731
+    old = paths.flat(params)
+    new = paths.flat(init_fn(params) if init else jax.eval_shape(init_fn, params))
     added = [k for k in new if k not in old]
+    if not init:
+        new = {k: jnp.zeros(new[k].shape, new[k].dtype) for k in added}
     if spec is not None:
         _check_targets(setup, name, added, model)
     merged = dict(old)
@@ -120,7 +124,7 @@ def activate(model, *names):
     repeat its inputs once per adapter (output [K*B, ...]).
     """
     setup = model.adapters
-    if not any(isinstance(n, composition.Block) for n in names):
+    if not any(isinstance(n, blocks.Block) for n in names):
         return model.clone(adapters=setup.activate(*names))
     if len(names) != 1:
         raise AdapterConfigError(f"activate takes one composition block or adapter names, not {names!r}; "
@@ -128,7 +132,7 @@ def activate(model, *names):
     block = names[0]
     if setup is None:
         raise AdapterConfigError(f"this model has no adapters to compose in {block!r}")
-    active = composition.check(setup, block, family_of(model.config.model_type).FAMILY)
+    active = blocks.check(setup, block, family_of(model.config.model_type).FAMILY)
     setup = dataclasses.replace(setup.activate(*active), composition=block)
     model = composition.replicating(model) if block.parallel_channels > 1 else model
     return model.clone(adapters=setup)
@@ -283,7 +287,7 @@ def _load_foreign(model, params, path: Path, fmt: str, meta: dict, name: str | N
     if foreign.head is not None and model.head is not None:
         raise InteropError(f"{path} holds a head, and this model has one already ({model.head!r})")
     try:
-        model, params = add_adapters((model, params), foreign.spec, name=name, head=foreign.head)
+        model, params = add_adapters((model, params), foreign.spec, name=name, head=foreign.head, init=False)
     except AdapterConfigError as e:
         raise InteropError(f"{path}: its config, as {foreign.spec!r}, does not fit this base: {e}") from e
     _check_base(params, foreign.base_tensors, model, path)
@@ -299,6 +303,9 @@ def _load_foreign(model, params, path: Path, fmt: str, meta: dict, name: str | N
         params = interop.from_adapterhub(foreign.tensors, model, params, name, adapter=foreign.name)
     if foreign.head is not None:
         flat = paths.flat(params)
+        unfilled = sorted(k for k in flat if paths.is_head(k) and k not in foreign.head_tensors)
+        if unfilled:
+            raise InteropError(f"{path}: the saved head has no tensor for {unfilled}")
         for k, (src, v) in foreign.head_tensors.items():
             if k not in flat or tuple(flat[k].shape) != tuple(v.shape):
                 raise InteropError(f"{path}: head tensor {src!r} {tuple(v.shape)} does not fit {k}")

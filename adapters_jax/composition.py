@@ -6,7 +6,7 @@
     params = fusion_from_adapterhub(state_dict, model, params, "a,b")
     model, params = average_adapter((model, params), "avg", ["a", "b"], weights=[2, 1])
 
-The blocks and what they compute are adapters_jax/modules/composition.py (docs/composition.md):
+The blocks are adapters_jax/modules/blocks.py, what they compute modules/composition.py (docs/composition.md):
 AdapterHub 1.3's semantics and names, equal to its outputs on MiniLM-L6 (tests/test_composition.py).
 A fusion layer is a named entry of the model's setup (its config a `Fusion`) with params under
 each hook it fuses at, `.../output/adapters/<fusion name>/{query,key,value}/...`, so that
@@ -27,7 +27,7 @@ from adapters_jax.adapters import activate, add_adapters
 from adapters_jax.configs import NamedAdapter
 from adapters_jax.errors import ConfigError, InteropError
 from adapters_jax.models import Loaded, family_of
-from adapters_jax.modules.composition import (
+from adapters_jax.modules.blocks import (
     ALLOWED, FUSION_PRESETS, Average, BatchSplit, Block, Fuse, Fusion, Parallel, Stack, check_fusable, fusion_of,
 )
 

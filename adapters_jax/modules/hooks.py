@@ -28,7 +28,7 @@ import numpy as np
 from adapters_jax import paths, primitives
 from adapters_jax.configs import IA3, Bottleneck, LoRA, PrefixTuning, PromptTuning
 from adapters_jax.errors import ConfigError
-from adapters_jax.modules import banked, composition
+from adapters_jax.modules import banked, blocks, composition
 from adapters_jax.modules.bottleneck import BottleneckAdapter, apply_stack
 from adapters_jax.modules.lora import IA3Scale, LoRAUpdate
 from adapters_jax.modules.prefix import PrefixKV
@@ -251,7 +251,7 @@ def _composed(module, group, here, h_BxTxD, x_in_BxTxD, layer_norm, deterministi
 
         def fusion_layer(name):
             if name not in made:
-                f = composition.fusion_of(setup, name)
+                f = blocks.fusion_of(setup, name)
                 rate = f.dropout_prob if f.dropout_prob is not None else attn_dropout  # AdapterHub's default
                 made[name] = (composition.FusionLayer(f, rate, module.dtype, name=name, parent=group), f)
             return made[name]

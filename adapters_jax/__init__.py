@@ -22,3 +22,4 @@ from adapters_jax.decoding import Completion, generate  # noqa: E402,F401
 from adapters_jax import bank  # noqa: E402,F401
 from adapters_jax.merging import merge_adapters  # noqa: E402,F401
 from adapters_jax import composition  # noqa: E402,F401
+from adapters_jax.export import export_merged  # noqa: E402,F401

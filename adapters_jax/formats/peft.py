@@ -212,7 +212,7 @@ def config(methods, leaves: dict, info: ModelInfo, head, name: str) -> tuple[dic
         by_module = {m: next(c for c in methods if hook_mode(c, m) == "output") for m in mods["lora"]}
         if len({(c.use_rslora, c.dropout) for c in methods}) != 1:
             raise InteropError(f"adapter {name!r}: its LoRA parts differ in use_rslora/dropout; PEFT has one of each")
-        (r, alpha), _ = Counter((c.r, c.alpha) for c in by_module.values()).most_common(1)[0]
+        (r, alpha), _ = Counter((c.r, c.alpha) for _, c in sorted(by_module.items())).most_common(1)[0]
         tm, lt = tg.peft_spelling(mods["lora"], info, prefix)
         cfg.update(peft_type="LORA", r=r, lora_alpha=_num(alpha), use_rslora=methods[0].use_rslora,
                    lora_dropout=methods[0].dropout, target_modules=tm, layers_to_transform=lt, bias="none",

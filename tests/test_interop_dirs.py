@@ -203,3 +203,23 @@ def test_refused_save_writes_nothing(tmp_path):
     with pytest.raises(InteropError, match="no rsLoRA"):
         aj.save_adapter(tmp_path / "c", model, params, "t", format="adapterhub")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_convert_script(tmp_path, capsys):
+    """scripts/convert.py adapter: PEFT (with its head) -> AdapterHub -> the same leaves; a refusal is one error line."""
+    spec = importlib.util.spec_from_file_location("convert", ROOT / "scripts" / "convert.py")
+    convert = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convert)
+    base, src = str(mk.BASES["tiny-bert"]), FIX / "peer" / "tiny-bert__peft_lora_head"
+    assert convert.main(["adapter", "--base", base, "--from", str(src), "--to", str(tmp_path / "ah"),
+                         "--format", "adapterhub"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["from_format"] == "peft" and report["format"] == "adapterhub"
+    a = _leaves(aj.load_adapter(_base("tiny-bert"), src, name="t")[1])
+    b = _leaves(aj.load_adapter(_base("tiny-bert"), tmp_path / "ah", name="t")[1])
+    assert set(a) == set(b) and any(paths.is_head(k) for k in a) and all(np.array_equal(a[k], b[k]) for k in a)
+    bottleneck = FIX / "peer" / "tiny-bert__ah_houlsby_head"
+    assert convert.main(["adapter", "--base", base, "--from", str(bottleneck), "--to", str(tmp_path / "p"),
+                         "--format", "peft"]) == 2
+    assert capsys.readouterr().err.startswith("error: adapter 't': PEFT has no ['bottleneck']")
+    assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".p.*"))

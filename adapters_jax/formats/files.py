@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -100,16 +101,14 @@ def read_weights(file: Path) -> dict[str, np.ndarray]:
 def write_dir(path, files: dict) -> Path:
     """Write directory `path` from {file name: dict of arrays (-> safetensors) | dict (-> JSON)}.
 
-    Written beside (`path.tmp`) and renamed into place, so a failed write never leaves a
+    Written beside (`.NAME.<tag>.tmp`) and renamed into place, so a failed write never leaves a
     half-written directory where a good one was; an existing directory is swapped out whole.
     """
     from safetensors.numpy import save_file
 
     path = Path(path)
-    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
-    for stale in (tmp, old):
-        if stale.exists():
-            shutil.rmtree(stale)
+    tag = uuid.uuid4().hex[:8]  # two writers of one destination never share a temporary
+    tmp, old = path.with_name(f".{path.name}.{tag}.tmp"), path.with_name(f".{path.name}.{tag}.old")
     tmp.mkdir(parents=True)
     try:
         for name, content in files.items():

@@ -4,6 +4,7 @@
     params = from_adapterhub(torch_state_dict_as_numpy, model, params, "task")
     params = from_peft(peft_state_dict, model, params, "task")
     state_dict = to_peft(model, params, "task")                            # LoRA, IA3, prompt tuning
+    state_dict = to_adapterhub(model, params, "task")                      # bottleneck, prefix, LoRA, IA3 (outputs)
 
 The torch names are a rename plus a transpose away from our paths (docs/paths.md):
 
@@ -17,7 +18,9 @@ The model must already hold adapter NAME with the config the weights were
 trained with; these functions fill its leaves (a tensor that maps nowhere, a
 shape that does not fit or, with strict=True, a leaf left unfilled is an
 InteropError naming it). Any `bert.`/`roberta.`/`base_model.model.` prefix and
-PEFT's adapter-name segment (`lora_A.default.weight`) are accepted.
+PEFT's adapter-name segment (`lora_A.default.weight`) are accepted. Whole
+directories (config files included) are adapters.load_adapter / save_adapter's,
+with the config translation in adapters_jax/formats/ (docs/interop.md).
 """
 from __future__ import annotations
 

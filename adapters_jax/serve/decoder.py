@@ -73,6 +73,65 @@ class RunningBatch:
         need = [r.remaining for r in self.rows if r is not None] + [r.sampling.max_tokens for r in joining]
         return ptr + max(need, default=0) <= self.s
 
+    def rows_bucket(self, n: int) -> int:
+        """The rows a join of n requests is prefilled with: a power of two, at most the batch."""
+        return min(1 << (n - 1).bit_length(), self.b)
+
+    def shapes(self, max_prompt: int) -> list[tuple[int, int]]:
+        """Every (rows, prompt bucket) a join can be prefilled with, prompts up to max_prompt tokens."""
+        rows = sorted({self.rows_bucket(n) for n in range(1, self.b + 1)})
+        buckets = sorted({prompt_bucket(n) for n in range(1, max_prompt + 1)})
+        return [(nb, t) for t in buckets for nb in rows]
+
+    def join(self, params, items: list) -> list:
+        """Prefill requests `items` [(req, slot)] into free rows; returns [(row, first token)]."""
+        t = prompt_bucket(max(len(r.prompt) for r, _ in items))
+        free = [i for i, r in enumerate(self.rows) if r is None][:len(items)]
+        token_n = self._prefill(params, items, free, self.rows_bucket(len(items)), t)
+        self.pointer = max(self.pointer, t + self.n_soft)
+        out = []
+        for i, (r, s) in enumerate(items):
+            self.rows[free[i]] = Row(r, s, len(r.prompt))
+            out.append((free[i], int(token_n[i])))
+        return out
+
+    def _prefill(self, params, items: list, free: list, nb: int, t: int) -> np.ndarray:
+        """Prefill `items` in nb rows of t slots (left padded) and copy them into rows `free` of the cache."""
+        n = len(items)
+        ids = np.zeros((nb, t), np.int32)
+        mask = np.zeros((nb, t), np.int32)
+        mask[:, -1] = 1  # padding rows see one token, so no row is all masked
+        for i, (r, _) in enumerate(items):
+            ids[i, t - len(r.prompt):], mask[i, :] = r.prompt, 0
+            mask[i, t - len(r.prompt):] = 1
+        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
+        rows_n = np.full((nb,), self.b, np.int32)  # row b is out of range: dropped (padding)
+        rows_n[:n] = free
+        slots_B = np.full((nb,), -1, np.int32)
+        slots_B[:n] = [s for _, s in items]
+        part = kv_cache.init(self.config, nb, t + self.n_soft, self.cache["layers"][0][0].dtype)
+        temp, topk, topp, seed = _sampling([r for r, _ in items], nb)
+        token_n, part = self.k.prefill(params, ids, mask, positions, part, slots_B, temp, topk, topp, seed)
+        if part["prefixes"] is not None and self.cache["prefixes"] is None:
+            self.cache["prefixes"] = tuple((jnp.zeros((self.b,) + k.shape[1:], k.dtype),
+                                            jnp.zeros((self.b,) + v.shape[1:], v.dtype)) for k, v in part["prefixes"])
+        self.cache = self.k.insert(self.cache, part, jnp.asarray(rows_n))
+        return np.asarray(token_n)
+
+    def warm(self, params, max_prompt: int) -> int:
+        """Compile every program the batch can run (each join shape, the decode step, compaction) on empty
+        rows, before serving; returns how many join shapes. The batch is left empty."""
+        assert not self.live, "warm() is for an idle batch"
+        shapes = self.shapes(max_prompt)
+        for nb, t in shapes:
+            self._prefill(params, [], [], nb, t)  # every row is padding: the cache is unchanged
+        self._decode(params)
+        self.compact()
+        self.cache = {**kv_cache.init(self.config, self.b, self.s, self.cache["layers"][0][0].dtype),
+                      "prefixes": self.cache["prefixes"]}
+        self.pointer, self.compactions = 0, 0
+        return len(shapes)
+
     def compact(self) -> bool:
         """Move live slots to the front; True if the write index went down."""
         live_B = np.asarray([r is not None for r in self.rows], np.int32)
@@ -82,40 +141,16 @@ class RunningBatch:
         went_down, self.pointer = new < self.pointer, new
         return went_down
 
-    def join(self, params, items: list) -> list:
-        """Prefill requests `items` [(req, slot)] into free rows; returns [(row, first token)]."""
-        n = len(items)
-        nb = min(1 << (n - 1).bit_length(), self.b)
-        t = prompt_bucket(max(len(r.prompt) for r, _ in items))
-        ids = np.zeros((nb, t), np.int32)
-        mask = np.zeros((nb, t), np.int32)
-        mask[:, -1] = 1  # padding rows see one token, so no row is all masked
-        for i, (r, _) in enumerate(items):
-            ids[i, t - len(r.prompt):], mask[i, :] = r.prompt, 0
-            mask[i, t - len(r.prompt):] = 1
-        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
-        free = [i for i, r in enumerate(self.rows) if r is None][:n]
-        rows_n = np.full((nb,), self.b, np.int32)
-        rows_n[:n] = free
-        slots_B = np.full((nb,), -1, np.int32)
-        slots_B[:n] = [s for _, s in items]
-        part = kv_cache.init(self.config, nb, t + self.n_soft, self.cache["layers"][0][0].dtype)
-        temp, topk, topp, seed, filtered = _sampling([r for r, _ in items], nb)
-        token_n, part = self.k.prefill(params, ids, mask, positions, part, slots_B, temp, topk, topp, filtered, seed)
-        if part["prefixes"] is not None and self.cache["prefixes"] is None:
-            self.cache["prefixes"] = tuple((jnp.zeros((self.b,) + k.shape[1:], k.dtype),
-                                            jnp.zeros((self.b,) + v.shape[1:], v.dtype)) for k, v in part["prefixes"])
-        self.cache = self.k.insert(self.cache, part, jnp.asarray(rows_n))
-        self.pointer = max(self.pointer, t + self.n_soft)
-        token_n = np.asarray(token_n)
-        out = []
-        for i, (r, s) in enumerate(items):
-            self.rows[free[i]] = Row(r, s, len(r.prompt))
-            out.append((free[i], int(token_n[i])))
-        return out
-
     def step(self, params) -> list:
         """One decode step for every row; returns [(row, token)] of the live rows."""
+        live = self.live
+        token_B = self._decode(params)
+        self.pointer += 1
+        for i in live:
+            self.rows[i].position += 1
+        return [(i, int(token_B[i])) for i in live]
+
+    def _decode(self, params) -> np.ndarray:
         b = self.b
         token, position, slots = np.zeros(b, np.int32), np.zeros(b, np.int32), np.full(b, -1, np.int32)
         step = np.zeros(b, np.int32)
@@ -123,15 +158,10 @@ class RunningBatch:
         for i in live:
             row = self.rows[i]
             token[i], position[i], slots[i], step[i] = row.ids[-1], row.position, row.slot, len(row.ids)
-        temp, topk, topp, seed, filtered = _sampling([self.rows[i].req if i in live else None for i in range(b)], b)
+        temp, topk, topp, seed = _sampling([self.rows[i].req if i in live else None for i in range(b)], b)
         self.cache = {**self.cache, "index": jnp.int32(self.pointer)}
-        token_B, self.cache = self.k.decode(params, token, self.cache, position, slots, temp, topk, topp, seed,
-                                            filtered, step)
-        self.pointer += 1
-        token_B = np.asarray(token_B)
-        for i in live:
-            self.rows[i].position += 1
-        return [(i, int(token_B[i])) for i in live]
+        token_B, self.cache = self.k.decode(params, token, self.cache, position, slots, temp, topk, topp, seed, step)
+        return np.asarray(token_B)
 
     def push(self, i: int, token: int):
         """Add a sampled token to row i; returns (text delta, finish_reason or None)."""
@@ -176,12 +206,11 @@ class RunningBatch:
 
 
 def _sampling(reqs: list, n: int):
-    """Per-row sampling arrays for `reqs` (None for an empty or padding row) and whether any row filters."""
+    """Per-row sampling arrays for `reqs` (None for an empty or padding row: greedy)."""
     temp, topk, topp, seed = np.zeros(n, np.float32), np.zeros(n, np.int32), np.ones(n, np.float32), \
         np.zeros(n, np.uint32)
     for i, r in enumerate(reqs):
         if r is not None:
             sp = r.sampling
             temp[i], topk[i], topp[i], seed[i] = sp.temperature, sp.top_k, sp.top_p, sp.seed
-    filtered = bool(((topk > 0) | (topp < 1.0))[temp > 0].any())
-    return temp, topk, topp, seed, filtered
+    return temp, topk, topp, seed

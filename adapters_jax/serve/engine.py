@@ -91,7 +91,7 @@ class Request:
 class Engine:
     def __init__(self, base, adapters_dir=None, bank: str | None = None, max_resident: int = 16, max_batch: int = 8,
                  max_queue: int = 256, max_model_len: int | None = None, host_bytes: int = 1 << 30,
-                 pooling: str = "mean", max_labels: int = 8, name: str = "base"):
+                 pooling: str = "mean", max_labels: int = 8, name: str = "base", warmup: bool = False):
         self.base, self.name, self.max_batch, self.max_queue = base, name, max_batch, max_queue
         self.tokenizer, config = base.tokenizer, base.config
         self.decoder = hasattr(config, "num_key_value_heads")
@@ -126,6 +126,7 @@ class Engine:
         self.waiting: list[Request] = []
         self.loading: dict[str, concurrent.futures.Future] = {}
         self.metrics = Metrics()
+        self.warmed = self.warm() if warmup else None
         self._cv = threading.Condition()
         self._stop = False
         self._loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="adapter-loader")
@@ -163,12 +164,21 @@ class Engine:
 
     def _build(self, methods, k: int, pooling: str, max_labels: int, found):
         spec = configs.to_string(methods)
-        model, params = add_adapters(self.base, spec, name="slot")
+        model, params = add_adapters(self.base, spec, name="slot", init=False)
         head = None
         if not self.decoder:
             hidden = _head_hidden_layers([p for p, _ in found.values()])
             head = heads.SlotClassification((max_labels,) * k, pooling=pooling, hidden_layers=hidden)
-        model, params = bank_lib.build((model, params), ["slot"], name="bank", size=k, keep_members=False, head=head)
+        built = {}
+
+        def build(p):  # traced, not run: every slot is written before a request uses it, so zeros will do
+            built["model"], p = bank_lib.build((model, p), ["slot"], name="bank", size=k, keep_members=False,
+                                               head=head)
+            return p
+
+        shapes, given = paths.flat(jax.eval_shape(build, params)), paths.flat(params)
+        model = built["model"]
+        params = paths.unflat({p: given[p] if p in given else jnp.zeros(v.shape, v.dtype) for p, v in shapes.items()})
         placeholder = NamedAdapter("slot", spec, model.adapters.bank.methods)
         setup = model.adapters.activate()
         setup = dataclasses.replace(setup, bank=dataclasses.replace(setup.bank, slots=(placeholder,) * k))
@@ -180,6 +190,25 @@ class Engine:
         template = residency.Template("bank", model.adapters.bank.methods, self.base.config.hidden_size, leaves,
                                       head_leaves, max_labels)
         return model, params, template
+
+    def warm(self) -> dict:
+        """Compile, before serving, every program requests can need: each join (or classify) shape for prompts up
+        to max_model_len, the decode step, compaction and the slot write. Returns {"programs", "seconds"}."""
+        t0 = time.perf_counter()
+        zeros = {p: jnp.zeros(shape, dtype) for p, (shape, dtype) in {**self.template.leaves,
+                                                                       **self.template.head_leaves}.items()}
+        flat = paths.flat(self.params)
+        flat.update(self.kernels.write({p: flat[p] for p in self.bank_paths}, jnp.int32(0), zeros))
+        self.params = paths.unflat(flat)  # slot 0 holds zeros, as it did: no adapter is in a slot yet
+        if self.decoder:
+            self.batch.warm(self.params, self.max_model_len - 1)
+        else:
+            for nb in sorted({_rows_bucket(n, self.max_batch) for n in range(1, self.max_batch + 1)}):
+                for t in sorted({prompt_bucket(n) for n in range(1, self.max_model_len + 1)}):
+                    ids_BxT, mask_BxT = np.zeros((nb, t), np.int32), np.zeros((nb, t), np.int32)
+                    mask_BxT[:, 0] = 1
+                    np.asarray(self.kernels.classify(self.params, ids_BxT, mask_BxT, np.zeros((nb,), np.int32)))
+        return {"programs": self.compiled(), "seconds": round(time.perf_counter() - t0, 2)}
 
     # --- the API the HTTP layer uses (any thread) ---
 
@@ -460,7 +489,7 @@ class Engine:
         logits = []
         for start in range(0, len(rows), self.max_batch):  # one request may hold more inputs than a batch
             chunk = rows[start:start + self.max_batch]
-            nb = min(1 << (len(chunk) - 1).bit_length(), self.max_batch)
+            nb = _rows_bucket(len(chunk), self.max_batch)
             t = prompt_bucket(max(len(ids) for ids, _ in chunk))
             ids_BxT, mask_BxT = np.zeros((nb, t), np.int32), np.zeros((nb, t), np.int32)
             slots_B = np.zeros((nb,), np.int32)
@@ -492,6 +521,10 @@ class Engine:
                 "registered_adapters": len(self.registry), "compiled_programs": self.compiled(),
                 "slot_evictions_total": self.slots.evictions, "host_evictions_total": self.host.evictions,
                 "cache_compactions_total": self.batch.compactions if self.decoder else 0}
+
+
+def _rows_bucket(n: int, max_batch: int) -> int:
+    return min(1 << (n - 1).bit_length(), max_batch)
 
 
 def _head_hidden_layers(dirs) -> int:

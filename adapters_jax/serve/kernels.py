@@ -28,12 +28,17 @@ from adapters_jax.adapters import route
 NEG = float(jnp.finfo(jnp.float32).min)
 
 
-def sample_rows(logits_BxV, temp_B, topk_B, topp_B, seed_B, step_B, filtered: bool):
-    """One token per row: greedy where temp is 0, else tempered, top-k, top-p, drawn with the row's key."""
+def sample_rows(logits_BxV, temp_B, topk_B, topp_B, seed_B, step_B):
+    """One token per row: greedy where temp is 0, else tempered, top-k, top-p, drawn with the row's key.
+
+    Whether any row filters (top-k/top-p) or draws at all is data (lax.cond runs one branch), so one
+    program serves every mix of sampling parameters and an all-greedy batch pays no sort or draw.
+    """
     logits_BxV = logits_BxV.astype(jnp.float32)
     greedy_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
     scaled_BxV = logits_BxV / jnp.where(temp_B > 0, temp_B, 1.0)[:, None]
-    if filtered:
+
+    def filtered(scaled_BxV):
         v = scaled_BxV.shape[-1]
         sorted_BxV = jnp.sort(scaled_BxV, axis=-1)[:, ::-1]
         kth_Bx1 = jnp.take_along_axis(sorted_BxV, jnp.clip(topk_B - 1, 0, v - 1)[:, None], axis=-1)
@@ -43,22 +48,27 @@ def sample_rows(logits_BxV, temp_B, topk_B, topp_B, seed_B, step_B, filtered: bo
         before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
         cut_Bx1 = jnp.min(jnp.where(before_BxV < topp_B[:, None], sorted_BxV, jnp.inf), axis=-1, keepdims=True)
         cut_Bx1 = jnp.where(topp_B[:, None] < 1.0, cut_Bx1, -jnp.inf)
-        scaled_BxV = jnp.where((scaled_BxV < kth_Bx1) | (scaled_BxV < cut_Bx1), NEG, scaled_BxV)
+        return jnp.where((scaled_BxV < kth_Bx1) | (scaled_BxV < cut_Bx1), NEG, scaled_BxV)
 
     def key(seed, step):
         k = jax.random.PRNGKey(seed)
         return jax.lax.cond(step == 0, lambda: k, lambda: jax.random.fold_in(k, step))
 
-    keys_B = jax.vmap(key)(seed_B, step_B)
-    drawn_B = jax.vmap(lambda k, l: jax.random.categorical(k, l))(keys_B, scaled_BxV).astype(jnp.int32)
+    def drawn(scaled_BxV):
+        filters = jnp.any((temp_B > 0) & ((topk_B > 0) | (topp_B < 1.0)))
+        scaled_BxV = jax.lax.cond(filters, filtered, lambda x: x, scaled_BxV)
+        keys_B = jax.vmap(key)(seed_B, step_B)
+        return jax.vmap(lambda k, l: jax.random.categorical(k, l))(keys_B, scaled_BxV).astype(jnp.int32)
+
+    drawn_B = jax.lax.cond(jnp.any(temp_B > 0), drawn, lambda _: greedy_B, scaled_BxV)
     return jnp.where(temp_B > 0, drawn_B, greedy_B)
 
 
 class Kernels:
     def __init__(self, model):
         self.model = model
-        self.prefill = jax.jit(functools.partial(_prefill, model), static_argnums=(9,))  # filtered
-        self.decode = jax.jit(functools.partial(_decode, model), static_argnums=(9,), donate_argnums=(2,))  # cache
+        self.prefill = jax.jit(functools.partial(_prefill, model))
+        self.decode = jax.jit(functools.partial(_decode, model), donate_argnums=(2,))  # the cache
         self.insert = jax.jit(_insert, donate_argnums=(0,))
         self.compact = jax.jit(_compact, donate_argnums=(0,))
         self.write = jax.jit(_write, donate_argnums=(0,))
@@ -70,22 +80,21 @@ class Kernels:
                                              self.classify))
 
 
-def _prefill(model, params, ids_BxT, mask_BxT, positions_BxT, cache, slots_B, temp_B, topk_B, topp_B, filtered,
-             seed_B):
+def _prefill(model, params, ids_BxT, mask_BxT, positions_BxT, cache, slots_B, temp_B, topk_B, topp_B, seed_B):
     m = route(model, slots_B)
     h_BxTxD, cache = m.apply({"params": params}, ids_BxT, mask_BxT, positions_BxT=positions_BxT, cache=cache)
     logits_BxV = m.apply({"params": params}, h_BxTxD[:, -1:], method=m.logits)[:, 0]  # left padded: last is real
     step_B = jnp.zeros_like(seed_B)
-    return sample_rows(logits_BxV, temp_B, topk_B, topp_B, seed_B, step_B, filtered), cache
+    return sample_rows(logits_BxV, temp_B, topk_B, topp_B, seed_B, step_B), cache
 
 
-def _decode(model, params, token_B, cache, position_B, slots_B, temp_B, topk_B, topp_B, seed_B, filtered, step_B):
+def _decode(model, params, token_B, cache, position_B, slots_B, temp_B, topk_B, topp_B, seed_B, step_B):
     m = route(model, slots_B)
     ones_Bx1 = jnp.ones((token_B.shape[0], 1), jnp.int32)
     h_Bx1xD, cache = m.apply({"params": params}, token_B[:, None], ones_Bx1, positions_BxT=position_B[:, None],
                              cache=cache, prefill=False)
     logits_BxV = m.apply({"params": params}, h_Bx1xD, method=m.logits)[:, 0]
-    return sample_rows(logits_BxV, temp_B, topk_B, topp_B, seed_B, step_B, filtered), cache
+    return sample_rows(logits_BxV, temp_B, topk_B, topp_B, seed_B, step_B), cache
 
 
 def _insert(cache, part, rows_n):

@@ -275,6 +275,8 @@ def _check_base(params, tensors: dict, model, path) -> None:
     flat, family = paths.flat(params), family_of(model.config.model_type).FAMILY
     for k, v in tensors.items():
         p = paths.hf_to_path(k, family, flat)
+        if p is None and k == "lm_head.weight" and getattr(model.config, "tie_word_embeddings", False):
+            p = paths.hf_to_path("model.embed_tokens.weight", family, flat)  # tied: the lm_head is the embedding
         ours = None if p is None else np.asarray(flat[p]).T if p.endswith("/kernel") else np.asarray(flat[p])
         if ours is None or ours.shape != v.shape or not np.array_equal(ours, v.astype(ours.dtype)):
             raise InteropError(f"{path}: saved base tensor {k!r} differs from this base's (a trained or another "
@@ -300,7 +302,8 @@ def _load_foreign(model, params, path: Path, fmt: str, meta: dict, name: str | N
     if fmt == formats.PEFT:
         params = interop.from_peft(foreign.tensors, model, params, name)
     else:
-        params = interop.from_adapterhub(foreign.tensors, model, params, name, adapter=foreign.name)
+        named = any(f".{foreign.name}." in k for k in foreign.tensors)  # else the one adapter the names hold
+        params = interop.from_adapterhub(foreign.tensors, model, params, name, adapter=foreign.name if named else None)
     if foreign.head is not None:
         flat = paths.flat(params)
         unfilled = sorted(k for k in flat if paths.is_head(k) and k not in foreign.head_tensors)

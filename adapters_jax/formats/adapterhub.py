@@ -200,7 +200,7 @@ def head_files(head, head_params: dict, info: ModelInfo, name: str, source: str 
     """(head_config.json, model_head.safetensors tensors) of our classification head, AdapterHub's layout."""
     if not (isinstance(head, heads.Classification) and head.pooling in ("cls", "pooler") and info.family == "bert"):
         raise InteropError(f"head {head!r}: AdapterHub's classification head pools the first token or the pooler "
-                           "of a BERT-family model; this head has no AdapterHub equal: save without it")
+                           "of a BERT-family model; this head has no AdapterHub equal: save without it (with_head=False)")
     layers = head.hidden_layers + 1
     tensors = {}
     for i in range(layers):

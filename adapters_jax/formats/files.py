@@ -84,7 +84,7 @@ def weights_file(path: Path, fmt: str, kind: str | None = None) -> Path:
         raise InteropError(
             f"{path} holds only pickled weights ({pickled_name}); adapters_jax never unpickles. Convert once, where "
             f"torch is installed, with DIR={path}: {_CONVERT[kind or fmt]}")
-    raise InteropError(f"{path}: weights file {name} is missing (its {CONFIG} says this is a {fmt} adapter)")
+    raise InteropError(f"{path}: weights file {name} is missing (its {CONFIG} is in {fmt} format)")
 
 
 def read_weights(file: Path) -> dict[str, np.ndarray]:

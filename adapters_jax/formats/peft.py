@@ -102,8 +102,8 @@ def _head(cfg: dict, tensors: dict, info: ModelInfo, where: str):
 def _lora(cfg: dict, info: ModelInfo, prefix: str, where: str):
     tm = cfg.get("target_modules") or tg.PEFT_DEFAULT_LORA[info.family]
     if isinstance(tm, str) and tm.lower() == "all-linear":
-        mods = {m for m, k in info.modules if k == "linear" and paths.role_of(m) != "lm_head"}
-        tg.peft_modules({**cfg, "target_modules": [paths.hf_dotted(m) for m in mods]}, info, prefix, where)
+        linear = [paths.hf_dotted(m) for m, k in info.modules if k == "linear" and paths.role_of(m) != "lm_head"]
+        mods = tg.peft_modules({**cfg, "target_modules": linear}, info, prefix, where)  # exclude_modules applies
     else:
         mods = tg.peft_modules({**cfg, "target_modules": tm}, info, prefix, where)
     if not mods:
@@ -199,7 +199,7 @@ def config(methods, leaves: dict, info: ModelInfo, head, name: str) -> tuple[dic
                 and info.model_type in _HEADS):
             raise InteropError(f"adapter {name!r}: PEFT's sequence-classification models have no head equal to "
                                f"{head!r} here (only BERT's classifier on the pooler: pooling='pooler', "
-                               "hidden_layers=0); save without the head")
+                               "hidden_layers=0); save without it (with_head=False)")
         prefix, task = info.model_type + ".", "SEQ_CLS"
         extra["modules_to_save"] = ["classifier", "score"]
     mods = defaultdict(set)

@@ -16,6 +16,7 @@ import numpy as np
 
 from adapters_jax.decoding import prompt_bucket
 from adapters_jax.models import kv_cache
+from adapters_jax.serve.kernels import rows_bucket
 
 
 @dataclasses.dataclass
@@ -73,13 +74,9 @@ class RunningBatch:
         need = [r.remaining for r in self.rows if r is not None] + [r.sampling.max_tokens for r in joining]
         return ptr + max(need, default=0) <= self.s
 
-    def rows_bucket(self, n: int) -> int:
-        """The rows a join of n requests is prefilled with: a power of two, at most the batch."""
-        return min(1 << (n - 1).bit_length(), self.b)
-
     def shapes(self, max_prompt: int) -> list[tuple[int, int]]:
         """Every (rows, prompt bucket) a join can be prefilled with, prompts up to max_prompt tokens."""
-        rows = sorted({self.rows_bucket(n) for n in range(1, self.b + 1)})
+        rows = sorted({rows_bucket(n, self.b) for n in range(1, self.b + 1)})
         buckets = sorted({prompt_bucket(n) for n in range(1, max_prompt + 1)})
         return [(nb, t) for t in buckets for nb in rows]
 
@@ -87,7 +84,7 @@ class RunningBatch:
         """Prefill requests `items` [(req, slot)] into free rows; returns [(row, first token)]."""
         t = prompt_bucket(max(len(r.prompt) for r, _ in items))
         free = [i for i, r in enumerate(self.rows) if r is None][:len(items)]
-        token_n = self._prefill(params, items, free, self.rows_bucket(len(items)), t)
+        token_n = self._prefill(params, items, free, rows_bucket(len(items), self.b), t)
         self.pointer = max(self.pointer, t + self.n_soft)
         out = []
         for i, (r, s) in enumerate(items):

@@ -9,83 +9,32 @@ One engine thread owns the model: between steps it takes finished adapter reads
 adapters into bank slots (LRU among slots no running request uses; an in-place
 update, nothing recompiles), admits waiting requests into free rows, and runs one
 step. Decoders: continuous batching (decoder.py); encoders: classification with
-a head per adapter, a batch per step. The waiting queue is bounded (QueueFull).
+a head per adapter, a batch per step (classify.py). The waiting queue is bounded
+(QueueFull). The model and its bank are built by setup.py, the compiled steps are
+kernels.py's, and `warm()` compiles all of them before serving (warmup=True).
 """
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import logging
-import queue
-import secrets
 import threading
 import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
-from adapters_jax import bank as bank_lib
-from adapters_jax import configs, paths
-from adapters_jax.adapters import add_adapters
-from adapters_jax.configs import AdapterConfigError, NamedAdapter
+from adapters_jax import paths
+from adapters_jax.configs import AdapterConfigError
 from adapters_jax.decoding import prompt_bucket
 from adapters_jax.errors import AdaptersJaxError, ConfigError
-from adapters_jax.models import heads
 from adapters_jax.modules.hooks import prompt_length
-from adapters_jax.serve import residency
+from adapters_jax.serve import classify, residency, setup
 from adapters_jax.serve.decoder import RunningBatch
 from adapters_jax.serve.kernels import Kernels
 from adapters_jax.serve.metrics import Metrics
+from adapters_jax.serve.request import QueueFull, Request, Sampling, UnknownAdapter  # noqa: F401 (the engine's API)
 
 log = logging.getLogger("adapters_jax.serve")
-
-
-class QueueFull(AdaptersJaxError):
-    """The waiting queue is full: try again later (HTTP 429)."""
-
-
-class UnknownAdapter(AdaptersJaxError, KeyError):
-    """No adapter of that name is registered (HTTP 404)."""
-
-
-@dataclasses.dataclass
-class Sampling:
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple = ()
-    ignore_eos: bool = False
-
-
-class Request:
-    """One request; `on_event(kind, payload)` is called from the engine thread (default: a queue for events())."""
-
-    def __init__(self, kind: str, adapter: str | None, prompt, sampling: Sampling | None = None, on_event=None):
-        self.kind, self.adapter, self.prompt = kind, adapter, prompt
-        self.sampling = sampling or Sampling()
-        if self.sampling.seed is None:
-            self.sampling.seed = secrets.randbelow(2 ** 31)
-        self.cancelled = False
-        self.final_text = None
-        self.t_submit = self.t_first = None
-        self.hit_counted = False
-        self._q = None
-        if on_event is None:
-            self._q = queue.SimpleQueue()
-            on_event = lambda kind, payload: self._q.put((kind, payload))
-        self.on_event = on_event
-
-    def events(self, timeout: float | None = None):
-        """Events until the last ("done", "result" or "error"), for a request made without on_event."""
-        while True:
-            kind, payload = self._q.get(timeout=timeout)
-            yield kind, payload
-            if kind in ("done", "result", "error"):
-                return
 
 
 class Engine:
@@ -99,12 +48,12 @@ class Engine:
             raise ConfigError("the serving engine moves cache slots (continuous batching); sliding-window models "
                               f"(sliding_window={config.sliding_window}) are not supported")
         self.registry: dict[str, Path] = {}
-        found = self._scan(Path(adapters_dir)) if adapters_dir else {}
-        methods = self._bank_methods(bank, found)
-        self.model, params, self.template = self._build(methods, max_resident, pooling, max_labels, found)
-        self.params = params
+        found = setup.scan(Path(adapters_dir)) if adapters_dir else {}
+        methods = setup.bank_methods(bank, found, config.hidden_size)
+        self.model, self.params, self.template = setup.build(base, methods, max_resident, found, self.decoder, pooling,
+                                                             max_labels)
         self.bank_paths = sorted(self.template.leaves) + sorted(self.template.head_leaves)
-        for name_, (path, meta) in found.items():
+        for name_, path in found.items():
             try:
                 residency.read_config(path, base.fingerprint, self.template, name_)
                 self.registry[name_] = path
@@ -133,64 +82,6 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._thread.start()
 
-    # --- setup ---
-
-    def _scan(self, root: Path) -> dict:
-        """{name: (directory, None)} of every saved adapter under root (its directory name is its name)."""
-        if not root.is_dir():
-            raise ConfigError(f"--adapters {root} is not a directory")
-        return {d.name: (d, None) for d in sorted(root.iterdir()) if (d / "adapter_config.json").is_file()}
-
-    def _bank_methods(self, spec, found) -> tuple:
-        if spec:
-            return configs.parse(spec)
-        import json
-
-        for name, (path, _) in found.items():
-            meta = json.loads((path / "adapter_config.json").read_text())
-            if "canonical" in meta:
-                members = [NamedAdapter(name, meta["canonical"], configs.parse(meta["canonical"]))]
-                for other, (p, _) in found.items():  # widen to the largest rank/bottleneck of the same setup
-                    m = json.loads((p / "adapter_config.json").read_text())
-                    try:
-                        cand = NamedAdapter(other, m["canonical"], configs.parse(m["canonical"]))
-                        bank_lib._shape_of(members + [cand], self.base.config.hidden_size)
-                        members.append(cand)
-                    except (AdapterConfigError, KeyError):
-                        pass
-                return bank_lib._shape_of(members, self.base.config.hidden_size)
-        raise ConfigError("no adapter directory to take the bank's shape from: give bank='lora[r=16]' "
-                          "(scripts/serve.py --bank), the largest adapter run-time loads must fit")
-
-    def _build(self, methods, k: int, pooling: str, max_labels: int, found):
-        spec = configs.to_string(methods)
-        model, params = add_adapters(self.base, spec, name="slot", init=False)
-        head = None
-        if not self.decoder:
-            hidden = _head_hidden_layers([p for p, _ in found.values()])
-            head = heads.SlotClassification((max_labels,) * k, pooling=pooling, hidden_layers=hidden)
-        built = {}
-
-        def build(p):  # traced, not run: every slot is written before a request uses it, so zeros will do
-            built["model"], p = bank_lib.build((model, p), ["slot"], name="bank", size=k, keep_members=False,
-                                               head=head)
-            return p
-
-        shapes, given = paths.flat(jax.eval_shape(build, params)), paths.flat(params)
-        model = built["model"]
-        params = paths.unflat({p: given[p] if p in given else jnp.zeros(v.shape, v.dtype) for p, v in shapes.items()})
-        placeholder = NamedAdapter("slot", spec, model.adapters.bank.methods)
-        setup = model.adapters.activate()
-        setup = dataclasses.replace(setup, bank=dataclasses.replace(setup.bank, slots=(placeholder,) * k))
-        model = model.clone(adapters=setup)
-        flat = paths.flat(params)
-        leaves = {p: (tuple(v.shape[1:]), np.dtype(v.dtype)) for p, v in flat.items() if paths.adapter_of(p) == "bank"}
-        head_leaves = {p: (tuple(v.shape[1:]), np.dtype(v.dtype)) for p, v in flat.items()
-                       if p.startswith("head/slots/")}
-        template = residency.Template("bank", model.adapters.bank.methods, self.base.config.hidden_size, leaves,
-                                      head_leaves, max_labels)
-        return model, params, template
-
     def warm(self) -> dict:
         """Compile, before serving, every program requests can need: each join (or classify) shape for prompts up
         to max_model_len, the decode step, compaction and the slot write. Returns {"programs", "seconds"}."""
@@ -203,11 +94,7 @@ class Engine:
         if self.decoder:
             self.batch.warm(self.params, self.max_model_len - 1)
         else:
-            for nb in sorted({_rows_bucket(n, self.max_batch) for n in range(1, self.max_batch + 1)}):
-                for t in sorted({prompt_bucket(n) for n in range(1, self.max_model_len + 1)}):
-                    ids_BxT, mask_BxT = np.zeros((nb, t), np.int32), np.zeros((nb, t), np.int32)
-                    mask_BxT[:, 0] = 1
-                    np.asarray(self.kernels.classify(self.params, ids_BxT, mask_BxT, np.zeros((nb,), np.int32)))
+            classify.warm(self.kernels, self.params, self.max_batch, self.max_model_len)
         return {"programs": self.compiled(), "seconds": round(time.perf_counter() - t0, 2)}
 
     # --- the API the HTTP layer uses (any thread) ---
@@ -486,29 +373,14 @@ class Engine:
         if not rows:
             return
         t0 = time.perf_counter()
-        logits = []
-        for start in range(0, len(rows), self.max_batch):  # one request may hold more inputs than a batch
-            chunk = rows[start:start + self.max_batch]
-            nb = _rows_bucket(len(chunk), self.max_batch)
-            t = prompt_bucket(max(len(ids) for ids, _ in chunk))
-            ids_BxT, mask_BxT = np.zeros((nb, t), np.int32), np.zeros((nb, t), np.int32)
-            slots_B = np.zeros((nb,), np.int32)
-            for i, (ids, s) in enumerate(chunk):  # right padding (BERT)
-                ids_BxT[i, :len(ids)], mask_BxT[i, :len(ids)], slots_B[i] = ids, 1, s
-            logits.append(np.asarray(self.kernels.classify(self.params, ids_BxT, mask_BxT, slots_B))[:len(chunk)])
-        logits = np.concatenate(logits)
+        logits_NxL = classify.logits(self.kernels, self.params, rows, self.max_batch)
         self.metrics.step(len(rows), self.max_batch, time.perf_counter() - t0)
         for req, slot, first in reqs:
-            labels = self.labels_of[slot]
-            out = []
-            for j in range(len(req.prompt)):
-                z = logits[first + j, :len(labels)].astype(np.float64)
-                p = np.exp(z - z.max())
-                p /= p.sum()
-                out.append({"label": labels[int(p.argmax())], "probs": p.tolist(), "num_classes": len(labels)})
+            out = [classify.answer(logits_NxL[first + j], self.labels_of[slot]) for j in range(len(req.prompt))]
             self._release(slot)
-            self.metrics.inc("prompt_tokens_total", sum(len(x) for x in req.prompt))
-            self._finish(req, "result", {"data": out, "prompt_tokens": sum(len(x) for x in req.prompt)})
+            n_tokens = sum(len(x) for x in req.prompt)
+            self.metrics.inc("prompt_tokens_total", n_tokens)
+            self._finish(req, "result", {"data": out, "prompt_tokens": n_tokens})
 
     # --- what /metrics and /v1/models show ---
 
@@ -521,21 +393,3 @@ class Engine:
                 "registered_adapters": len(self.registry), "compiled_programs": self.compiled(),
                 "slot_evictions_total": self.slots.evictions, "host_evictions_total": self.host.evictions,
                 "cache_compactions_total": self.batch.compactions if self.decoder else 0}
-
-
-def _rows_bucket(n: int, max_batch: int) -> int:
-    return min(1 << (n - 1).bit_length(), max_batch)
-
-
-def _head_hidden_layers(dirs) -> int:
-    from safetensors import safe_open
-
-    for d in dirs:
-        f = Path(d) / "head.safetensors"
-        if f.is_file():
-            try:
-                with safe_open(str(f), "numpy") as h:
-                    return sum(k.startswith("head/dense_") and k.endswith("/kernel") for k in h.keys())
-            except Exception:
-                continue
-    return 0

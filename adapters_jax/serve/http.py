@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request as HTTPRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from adapters_jax.errors import AdaptersJaxError
-from adapters_jax.serve.engine import QueueFull, Request, Sampling, UnknownAdapter
+from adapters_jax.serve.request import QueueFull, Request, Sampling, UnknownAdapter
 
 TYPES = {400: "BadRequestError", 404: "NotFoundError", 429: "RateLimitError", 500: "InternalServerError"}
 

@@ -64,6 +64,11 @@ def sample_rows(logits_BxV, temp_B, topk_B, topp_B, seed_B, step_B):
     return jnp.where(temp_B > 0, drawn_B, greedy_B)
 
 
+def rows_bucket(n: int, max_batch: int) -> int:
+    """The rows n inputs are run with: a power of two, at most max_batch (one compiled shape per bucket)."""
+    return min(1 << (n - 1).bit_length(), max_batch)
+
+
 class Kernels:
     def __init__(self, model):
         self.model = model

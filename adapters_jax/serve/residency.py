@@ -6,7 +6,10 @@ leaf paths), so putting it into a slot is one in-place update of the bank leaves
 and never changes the model: every slot of the serving model carries the same
 placeholder config, so its static LoRA scaling is the same for all slots, and a
 member's own scaling is folded into its `lora_B` (exact when the scalings agree,
-one rounding otherwise).
+one rounding otherwise). The fold is what keeps adapters of different alpha/r on
+one compiled step: configs.Bank compares the slots' scalings, so bank.write of an
+adapter with the same scaling keeps the model (and its compiled steps), one with
+another scaling would not.
 """
 from __future__ import annotations
 

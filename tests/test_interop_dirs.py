@@ -224,3 +224,7 @@ def test_convert_script(tmp_path, capsys):
                          "--format", "peft"]) == 2
     assert capsys.readouterr().err.startswith("error: adapter 't': PEFT has no ['bottleneck']")
     assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".p.*"))
+    # merged: the adapter folded into the base by adapters_jax.export (tested in its own file); here the wiring
+    assert convert.main(["merged", "--base", str(mk.BASES["tiny-llama"]), "--adapter",
+                         str(FIX / "peer" / "tiny-llama__peft_lora"), "--to", str(tmp_path / "m"), "--format", "hf"]) == 0
+    assert json.loads(capsys.readouterr().out)["folded"] == "default" and (tmp_path / "m" / "model.safetensors").exists()

@@ -119,9 +119,13 @@ def _init_new_leaves(model, params, rng):
     ids = family_of(cfg.model_type).dummy_inputs(cfg)
     routed = route(model, jnp.zeros((ids.shape[0],), jnp.int32))
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    _, state = routed.apply({"params": params}, ids, mutable=["params"], rngs={"params": rng})
-    old, new = paths.flat(params), paths.flat(state["params"])
-    return paths.unflat({**old, **{k: v for k, v in new.items() if k not in old}})
+    old = paths.flat(params)
+
+    def fresh(p):  # only the new leaves come out: under jit the forward pass init runs is dead code
+        new = paths.flat(routed.apply({"params": p}, ids, mutable=["params"], rngs={"params": rng})[1]["params"])
+        return {k: v for k, v in new.items() if k not in old}
+
+    return paths.unflat({**old, **jax.jit(fresh)(params)})
 
 
 def _write_slot(flat: dict, bank_name: str, k: int, member: str) -> dict:
@@ -132,11 +136,13 @@ def _write_slot(flat: dict, bank_name: str, k: int, member: str) -> dict:
         src = paths.rename_adapter(path, bank_name, member)
         if src not in flat:
             raise AdapterConfigError(f"adapter {member!r} has no leaf {src} for bank leaf {path}")
-        v = jnp.asarray(flat[src], leaf.dtype)
+        v = np.asarray(flat[src], leaf.dtype)  # on the host: no program compiled per leaf shape
         if v.ndim != leaf.ndim - 1 or any(a > b for a, b in zip(v.shape, leaf.shape[1:])):
             raise AdapterConfigError(f"{src} {tuple(v.shape)} does not fit bank slot {tuple(leaf.shape[1:])}")
-        v = jnp.pad(v, [(0, b - a) for a, b in zip(v.shape, leaf.shape[1:])])  # zeros: exact (module docstring)
-        out[path] = leaf.at[k].set(v)
+        stacked = np.array(leaf)
+        stacked[k] = 0  # padding: zeros, exact (module docstring)
+        stacked[(k, *(slice(0, n) for n in v.shape))] = v
+        out[path] = jnp.asarray(stacked)
     return out
 
 
@@ -172,12 +178,12 @@ def unstack(model, params, slot: int, name: str):
     if member is None:
         raise AdapterConfigError(f"bank slot {slot} holds no adapter")
     active = model.adapters.active
-    model, params = add_adapters((model, params), member.spec, name=name)
+    model, params = add_adapters((model, params), member.spec, name=name, init=False)  # every leaf is filled below
     flat = paths.flat(params)
     for path, leaf in list(flat.items()):
-        if paths.adapter_of(path) == name:
-            stacked = flat[paths.rename_adapter(path, name, bank.name)][slot]
-            flat[path] = stacked[tuple(slice(0, n) for n in leaf.shape)]
+        if paths.adapter_of(path) == name:  # sliced on the host: no program compiled per leaf shape
+            stacked = np.asarray(flat[paths.rename_adapter(path, name, bank.name)][slot])
+            flat[path] = jnp.asarray(stacked[tuple(slice(0, n) for n in leaf.shape)])
     return model.clone(adapters=model.adapters.activate(*active)), paths.unflat(flat)
 
 

@@ -75,10 +75,11 @@ def test_multitask_steps_equal_each_adapter_trained_alone(optimizer="sgd"):
         tx1 = opt_lib.make(split(lab, lab)[0], **kw)
         st = step_lib.init_state(tr, tx1, 0)
         one = jax.jit(step_lib.make_train_step(m, tx1))
-        for b in data:
+        for b in data:  # its rows: the others masked out of the batch (one compiled step for every batch)
             rows = b["adapter_ids"] == k
             if rows.any():
-                st, _ = one(st, fr, {key: v[rows] for key, v in b.items() if key != "adapter_ids"})
+                st, _ = one(st, fr, {**{key: v for key, v in b.items() if key != "adapter_ids"},
+                                     "example_mask": rows, "labels": np.where(rows, b["labels"], 0)})
         mine = paths.flat(merge(st["trainable"], fr))
         m2, p2 = bank.unstack(model, after, k, "alone")
         got = paths.flat(p2)

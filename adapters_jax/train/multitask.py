@@ -214,8 +214,8 @@ def run(config, workdir: str | Path) -> dict:
     probs = task_probs(sizes, mt.sampling, mt.temperature)
     total = config.max_steps or int(config.epochs * sum(sizes) // config.batch_size)
     tx = opt_lib.from_config(config.optimizer, slot_labels, total)
-    state = init_state(trainable, tx, config.seed)
-    frozen = parallel.Single().put_frozen(frozen)
+    single = parallel.Single()  # state placed like the frozen base: the donated outputs then match the first inputs
+    state, frozen = jax.device_put(init_state(trainable, tx, config.seed), single.sharding), single.put_frozen(frozen)
     step_fn = jax.jit(make_train_step(model, tx, k), donate_argnums=(0,))
     pad_id = loop.pad_token_id(config, tokenizer)
     lengths = sorted({min(b, config.max_length) for b in config.buckets} | {config.max_length})

@@ -56,6 +56,16 @@ def minilm_tokenizer(asset_path):
 
 
 @pytest.fixture(scope="session")
+def smollm2_tokenizer(asset_path):
+    """SmolLM2's tokenizer alone, rebuilt from the GGUF file's metadata (no weights read)."""
+    from adapters_jax.data import assets
+    from adapters_jax.models import gguf
+
+    asset_path("smollm2-135m")
+    return gguf.load_tokenizer(assets.model_path("smollm2-135m"))
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     """SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized), loaded once per session."""
     import adapters_jax as aj

@@ -39,8 +39,8 @@ def ref():
 
 
 @pytest.fixture(scope="module")
-def built(smollm2):  # SmolLM2's tokenizer from the session's SmolLM2 (conftest), shared with other test files
-    return {case: fx.build(case, smollm2.tokenizer) for case in fx.SPECS}
+def built(smollm2_tokenizer):  # SmolLM2's tokenizer (conftest: read from the GGUF file alone, once per session)
+    return {case: fx.build(case, smollm2_tokenizer) for case in fx.SPECS}
 
 
 @pytest.fixture(scope="module")

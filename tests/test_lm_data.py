@@ -8,8 +8,8 @@ from adapters_jax.errors import DataError
 
 
 @pytest.fixture(scope="module")
-def tok(smollm2):
-    return smollm2.tokenizer
+def tok(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 def test_lm_blocks_cover_every_token_once(tok):

@@ -17,14 +17,14 @@ from adapters_jax.train import loop  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny_lm_dir(tmp_path_factory, smollm2):
+def tiny_lm_dir(tmp_path_factory, smollm2_tokenizer):
     """A 2-layer Llama (hidden 32, random weights) with SmolLM2's 49,152-token tokenizer, as an HF directory."""
     from safetensors.numpy import save_file
 
     d = tmp_path_factory.mktemp("tiny-lm")
     cfg = dict(model_type="llama", vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-               rms_norm_eps=1e-5, rope_theta=1e4, eos_token_id=smollm2.tokenizer.eos_token_id)
+               rms_norm_eps=1e-5, rope_theta=1e4, eos_token_id=smollm2_tokenizer.eos_token_id)
     (d / "config.json").write_text(json.dumps(cfg))
     g = np.random.default_rng(0)
     # embedding rows of norm ~3 (as trained LMs have), so frozen-base adapters can reach confident logits
@@ -37,7 +37,7 @@ def tiny_lm_dir(tmp_path_factory, smollm2):
               p + "mlp.gate_proj.weight": g.normal(0, 0.02, (64, 32)), p + "mlp.up_proj.weight": g.normal(0, 0.02, (64, 32)),
               p + "mlp.down_proj.weight": g.normal(0, 0.02, (32, 64))}
     save_file({k: v.astype(np.float32) for k, v in w.items()}, str(d / "model.safetensors"))
-    smollm2.tokenizer.save_pretrained(str(d))
+    smollm2_tokenizer.save_pretrained(str(d))
     return d
 
 

@@ -175,6 +175,17 @@ def load_gguf(path: str | Path, dtype=jnp.float32, param_dtype=jnp.float32, **ov
     return Loaded(model, params, tokenizer_from_gguf(reader, meta, str(path)), config, fp, str(path))
 
 
+def load_tokenizer(path: str | Path):
+    """Only the tokenizer of a GGUF file (no weights are read), or None if it has none."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:  # as load_gguf
+        raise CheckpointError(f"{path}: cannot read as GGUF ({e})") from e
+    return tokenizer_from_gguf(reader, metadata(reader), str(path))
+
+
 def tokenizer_from_gguf(reader, meta: dict, where: str):
     """Byte-level BPE from `tokenizer.ggml.*`, as a PreTrainedTokenizerFast; None if the file has none."""
     kind = meta.get("tokenizer.ggml.model")

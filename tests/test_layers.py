@@ -28,9 +28,11 @@ RANKS = [
     ("adapters_jax.configs", 2),
     ("adapters_jax.modules", 3),
     ("adapters_jax.models", 4),
+    # adapter directories and tensor names of PEFT/AdapterHub: below adapters.py, which reads and writes through them
+    ("adapters_jax.formats", 4.5),
+    ("adapters_jax.interop", 4.5),
     ("adapters_jax.adapters", 5),
     ("adapters_jax.partition", 6),
-    ("adapters_jax.interop", 6),
     ("adapters_jax.bank", 6),
     ("adapters_jax.merging", 6),
     ("adapters_jax.export", 6),  # merged models out (HF dir, GGUF): folds LoRA/IA3, asks paths and models/gguf for names

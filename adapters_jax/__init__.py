@@ -15,7 +15,8 @@ from adapters_jax.models import heads  # noqa: E402
 from adapters_jax.adapters import (  # noqa: E402
     activate, adapter_drop, add_adapters, load_adapter, merge_lora, save_adapter, unmerge_lora,
 )
-from adapters_jax.configs import AdapterConfigError, AdapterSetup, parse  # noqa: E402
+from adapters_jax.configs import AdapterConfigError, parse  # noqa: E402
+from adapters_jax.adapter_setup import AdapterSetup  # noqa: E402
 from adapters_jax.partition import labels, merge, param_report, split, trainable_mask  # noqa: E402
 from adapters_jax import interop  # noqa: E402,F401
 from adapters_jax.decoding import Completion, generate  # noqa: E402,F401

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from adapters_jax import configs, formats, interop, paths
-from adapters_jax.configs import AdapterConfigError, AdapterSetup, LoRA
+from adapters_jax.adapter_setup import AdapterSetup
+from adapters_jax.configs import AdapterConfigError, LoRA
 from adapters_jax.errors import InteropError
 from adapters_jax.models import Loaded, family_of, fingerprint
 from adapters_jax.modules import blocks, composition

@@ -16,7 +16,7 @@ zero up-projection rows). Each example's output equals its adapter run alone
 `route` must be called inside the jitted function, on the traced ids. Free
 slots (size > members) start as fresh adapters (LoRA and bottleneck: the
 identity) until `write` puts an adapter there; a write that keeps the slot's
-LoRA scaling returns a model equal to the old one (configs.Bank compares the
+LoRA scaling returns a model equal to the old one (adapter_setup.Bank compares the
 scalings, not the members' names), so a jitted step keyed on it is reused.
 """
 from __future__ import annotations
@@ -29,7 +29,8 @@ import numpy as np
 
 from adapters_jax import configs, paths
 from adapters_jax.adapters import add_adapters, route  # noqa: F401  (route: this module's entry point)
-from adapters_jax.configs import AdapterConfigError, Bank, Bottleneck, LoRA
+from adapters_jax.adapter_setup import AdapterSetup, Bank
+from adapters_jax.configs import AdapterConfigError, Bottleneck, LoRA
 from adapters_jax.models import Loaded, family_of
 
 # The fields members may differ in (padded or per slot); every other field must be equal.
@@ -86,7 +87,7 @@ def build(base, names: list[str], name: str = "bank", size: int | None = None, r
     (heads.SlotClassification, one per member) to attach and initialise.
     """
     model, params = (base.model, base.params) if isinstance(base, Loaded) else base
-    setup = model.adapters or configs.AdapterSetup()
+    setup = model.adapters or AdapterSetup()
     if setup.bank is not None:
         raise AdapterConfigError(f"this model already has bank {setup.bank.name!r}")
     if not names:

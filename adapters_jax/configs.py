@@ -29,13 +29,11 @@ id's defaults are AdapterHub's (adapters 1.3), with these deliberate deviations:
   vocabulary embeddings (PEFT's SAMPLE_VOCAB; Lester et al.); the soft prompt is
   prepended to the word embeddings before positions are added, as PEFT does.
 """
-# Over 400 lines: the method configs, the config-string grammar and AdapterSetup/Bank live together
-# because parse/to_string round-trip all of them; moving AdapterSetup and Bank to their own module is owed.
 from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Union
 from adapters_jax.errors import ConfigError as AdapterConfigError  # noqa: F401  (re-exported)
 
@@ -341,101 +339,3 @@ class NamedAdapter:
 
     def of(self, cls):
         return [m for m in self.methods if isinstance(m, cls)]
-
-
-@dataclass(frozen=True)
-class Bank:
-    """K adapters of one setup stacked on a leading axis (adapters_jax/bank.py): each example picks a slot.
-
-    `methods` is the slots' common shape (the largest LoRA rank and bottleneck size of
-    the members; smaller members are zero-padded, which is exact); `slots[k]` is the
-    adapter in slot k with its own configs (its LoRA scaling), or None for a free slot.
-    Two banks are equal (and a jitted step keyed on the model is reused) when their name,
-    shape and per-slot LoRA scalings are: which adapter sits in a slot is data, so
-    `bank.write` of another adapter with the same scaling keeps the compiled step.
-    """
-
-    name: str
-    methods: tuple[MethodConfig, ...]
-    slots: tuple[NamedAdapter | None, ...] = field(compare=False)
-    scalings: tuple[float, ...] = field(init=False)  # [K] alpha/r (or rsLoRA's) per slot; 0 without LoRA
-
-    def __post_init__(self):
-        object.__setattr__(self, "scalings", tuple(
-            float(a.of(LoRA)[0].scaling) if a is not None and a.of(LoRA) else 0.0 for a in self.slots))
-
-    @property
-    def size(self) -> int:
-        return len(self.slots)
-
-    def of(self, cls):
-        return [m for m in self.methods if isinstance(m, cls)]
-
-    def slot(self, name: str) -> int:
-        for k, a in enumerate(self.slots):
-            if a is not None and a.name == name:
-                return k
-        raise AdapterConfigError(f"bank {self.name!r} holds no adapter named {name!r}; it holds "
-                                 f"{[a.name for a in self.slots if a is not None]}")
-
-
-@dataclass(frozen=True)
-class AdapterSetup:
-    """The named adapters of a model and which of them run in the forward pass.
-
-    Hashable, so it is a linen module attribute: switching the active adapters is
-    `model.clone(adapters=setup.activate("a", "b"))`. Several active bottleneck
-    adapters at one hook point run as AdapterHub's Stack (in `active` order);
-    active LoRA/IA3/prefix/prompt adapters all apply (sum, product, concat).
-    `composition` is an AdapterHub composition block of bottleneck adapters
-    (modules/composition.py: Stack, Parallel, Fuse, Average, BatchSplit), set by
-    adapters.activate, which then also lists its adapters and fusion layers in `active`;
-    `activate` with plain names clears it.
-    `merged` names the LoRA adapters folded into the base kernels (adapters.merge_lora):
-    they cannot be activated (their update would count twice) or merged again.
-    """
-
-    adapters: tuple[NamedAdapter, ...] = ()
-    active: tuple[str, ...] = ()
-    merged: tuple[str, ...] = ()
-    bank: Bank | None = None  # runs beside the active adapters, a slot per example (bank.route)
-    composition: object = None  # a composition block (hashable) run at the bottleneck hooks, or None
-    # the slot of each example [B] (-1: none), set per call by bank.route; data, not part of the setup's identity
-    ids: object = field(default=None, compare=False, hash=False, repr=False)
-    # AdapterDrop (Rueckle et al. 2021): no adapter runs in layers < drop_below (static: skipped, faster), or
-    # < drop_n (a traced int set per training step: computed and masked, so one compiled step serves every n)
-    drop_below: int = 0
-    drop_n: object = field(default=None, compare=False, hash=False, repr=False)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(a.name for a in self.adapters)
-
-    def get(self, name: str) -> NamedAdapter:
-        for a in self.adapters:
-            if a.name == name:
-                return a
-        raise AdapterConfigError(f"no adapter named {name!r}; this model has {list(self.names)}")
-
-    def add(self, name: str, spec) -> "AdapterSetup":
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name or ""):
-            raise AdapterConfigError(f"adapter name {name!r} must be an identifier (letters, digits, _)")
-        if name in self.names:
-            raise AdapterConfigError(f"an adapter named {name!r} already exists; choose another name")
-        methods = parse(spec)
-        text = spec if isinstance(spec, str) else to_string(methods)
-        return dataclasses.replace(self, adapters=self.adapters + (NamedAdapter(name, text, methods),))
-
-    def activate(self, *names: str) -> "AdapterSetup":
-        for n in names:
-            self.get(n)
-            if n in self.merged:
-                raise AdapterConfigError(f"adapter {n!r} is merged into the base kernels; activating it would apply "
-                                         "its update twice (unmerge_lora it first)")
-        return dataclasses.replace(self, active=tuple(names), composition=None)
-
-    def active_methods(self, cls) -> list[tuple[str, MethodConfig]]:
-        return [(n, m) for n in self.active for m in self.get(n).of(cls)]
-
-    def bank_methods(self, cls) -> list[tuple[str, MethodConfig]]:
-        return [(self.bank.name, m) for m in self.bank.of(cls)] if self.bank is not None else []

@@ -108,7 +108,7 @@ def with_adapter(model, params, spec: str, head=None):
     import jax.numpy as jnp
 
     from adapters_jax import paths
-    from adapters_jax.configs import AdapterSetup
+    from adapters_jax.adapter_setup import AdapterSetup
     from adapters_jax.models import family_of
 
     model = model.clone(adapters=AdapterSetup().add("task", spec).activate("task"), head=head)

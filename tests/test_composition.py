@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import adapters_jax as aj
-from adapters_jax import composition, configs, interop, paths
+from adapters_jax import adapter_setup, composition, configs, interop, paths
 from adapters_jax.composition import Average, BatchSplit, Fuse, Parallel, Stack
 from adapters_jax.errors import ConfigError
 from adapters_jax.models import load_hf_dir
@@ -190,7 +190,7 @@ def test_refusals_change_nothing(built, ref):
         (lambda: aj.activate(_with(model, "l", "lora"), Stack("a", "l")), "'l' is lora"),
         (lambda: composition.add_fusion((_with(model, "n", "seq_bn[reduction_factor=64,ln_after=true]"), params),
                                         ["a", "n"]), "ln_after"),
-        (lambda: aj.activate(model.clone(adapters=dataclasses.replace(before_setup, bank=configs.Bank("bk", (), ()))),
+        (lambda: aj.activate(model.clone(adapters=dataclasses.replace(before_setup, bank=adapter_setup.Bank("bk", (), ()))),
                              Stack("a")), "bank"),
     ]
     for call, match in refusals:

@@ -26,6 +26,7 @@ RANKS = [
     ("adapters_jax.paths", 0),
     ("adapters_jax.primitives", 1),
     ("adapters_jax.configs", 2),
+    ("adapters_jax.adapter_setup", 2.5),  # AdapterSetup and Bank, built from configs' method configs
     ("adapters_jax.modules", 3),
     ("adapters_jax.models", 4),
     # adapter directories and tensor names of PEFT/AdapterHub: below adapters.py, which reads and writes through them

@@ -1,7 +1,7 @@
 """Where adapters enter a model's forward pass: the hooks the model families call.
 
 A model calls these at fixed points; each reads the calling module's
-`adapters` attribute (a configs.AdapterSetup) and does nothing when no active
+`adapters` attribute (an adapter_setup.AdapterSetup) and does nothing when no active
 adapter concerns that point, so a model without adapters computes exactly the
 base model. Adapter params are created as children of the module that calls
 the hook, under `<group>/<adapter name>/...` (the grammar of adapters_jax/paths.py):
@@ -99,7 +99,7 @@ class AdaptedLinear(primitives.Linear):
     (`kernel`, `bias`) plus `lora/<name>/...` and `ia3/<name>/ia3_l`.
     """
 
-    adapters: Any = None  # configs.AdapterSetup
+    adapters: Any = None  # adapter_setup.AdapterSetup
 
     @nn.compact
     def __call__(self, x_BxTxI, deterministic: bool = True):

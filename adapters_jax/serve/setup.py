@@ -2,7 +2,7 @@
 
 The bank's shape is fixed at startup (`--bank`, or the widest adapter found). Every slot carries
 the same placeholder config, so the model, a static argument of every compiled step, never changes
-while adapters come and go: configs.Bank compares the slots' LoRA scalings, so writing an adapter
+while adapters come and go: adapter_setup.Bank compares the slots' LoRA scalings, so writing an adapter
 with another alpha/r through bank.write would give another model and compile every step again.
 Each adapter's own LoRA scaling is folded into its lora_B instead when it is read (residency.py).
 """

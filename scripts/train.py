@@ -84,7 +84,7 @@ def main(argv):
         if config.get("tasks"):  # several tasks, one adapter each, in one bank
             from adapters_jax.train import multitask
 
-            report = multitask.run(config, workdir)
+            report = multitask.run(config, workdir, resume=FLAGS.resume)
             print("; ".join(f"{k} {v * 100:.2f}%" for k, v in report.items() if k.endswith("test_accuracy"))
                   + f"; train {report['train_s']:.0f}s, wall {report['wall_s']:.0f}s; {workdir}/report.json")
             return 0

@@ -30,11 +30,13 @@ import numpy as np
 import optax
 
 from adapters_jax import bank, paths
+from adapters_jax import checkpoint as ckpt_lib
 from adapters_jax.adapters import add_adapters, save_adapter
 from adapters_jax.data import tokenize
 from adapters_jax.data.batching import eval_batches
-from adapters_jax.errors import ConfigError
+from adapters_jax.errors import ConfigError, DataError, TrainingError
 from adapters_jax.models import heads, load
+from adapters_jax.configs import to_string
 from adapters_jax.partition import labels as make_labels, merge, param_report, split
 from adapters_jax.train import loop
 from adapters_jax.train import optimizer as opt_lib
@@ -127,6 +129,23 @@ class Mixed:
             self._pos[k] += take
         return out
 
+    def state(self, step: int) -> dict:
+        """The position before `step`'s batch (JSON): each task stream's pass and offset. Step s's batch is
+        a function of (seed, s, this position), so a restored Mixed continues with the same batches."""
+        return {"seed": self.seed, "step": step, "pos": list(self._pos), "pass": list(self._pass)}
+
+    def restore(self, state: dict, step: int) -> None:
+        """Continue from `state` (Mixed.state) before batch `step` (refused: another seed, step or task count)."""
+        k = len(self.encs)
+        if state.get("seed") != self.seed or state.get("step") != step or len(state.get("pos", ())) != k \
+                or len(state.get("pass", ())) != k:
+            raise DataError(f"multi-task data position {state!r} does not fit this run (seed {self.seed}, "
+                            f"step {step}, {k} tasks)")
+        self._pass, self._pos = [int(x) for x in state["pass"]], [int(x) for x in state["pos"]]
+        self._perm = [self._permutation(t) for t in range(k)]
+        if any(not 0 <= p <= len(perm) for p, perm in zip(self._pos, self._perm)):
+            raise DataError(f"multi-task data position {state!r}: an offset lies outside its task's examples")
+
     def batch(self, step: int) -> dict:
         counts = np.random.default_rng([self.seed, step]).multinomial(self.batch_size, self.probs)
         rows = [(k, i) for k, n in enumerate(counts) for i in self._take(k, int(n))]
@@ -178,28 +197,101 @@ def evaluate(eval_fn, trainable, frozen, enc, slot: int, config, pad_id) -> dict
     return {"accuracy": totals["correct"] / n, "loss": totals["loss_sum"] / n}
 
 
-def save_task(model, params, slot: int, num_labels: int, out: Path) -> None:
-    """Slot `slot` as a saved adapter (save_adapter's format) plus its head (head.safetensors)."""
+def slot_state(model, state, frozen, slot: int, num_labels: int, config, name: str = "default"):
+    """Bank slot `slot` of a multi-task train state as a single-adapter run's (model, params, train state).
+
+    The model holds adapter `name` (the member's own config, padding cut off) and a
+    `heads.Classification(num_labels)` head configured as config.head; the train state has
+    step_lib.init_state's layout for that model and config.optimizer: the slot's params, its
+    optimizer moments and count (slot k of every [K, ...] leaf, cut to the single shape), its
+    count as `step`, and the run's rng. Continuing from it alone steps the adapter as it would
+    have stepped inside the bank (tests/test_multitask.py).
+    """
+    bank_name = model.adapters.bank.name
+    full = merge(state["trainable"], frozen)
+    m, p = bank.unstack(model, full, slot, name)
+    flat = {k: v for k, v in paths.flat(p).items() if paths.adapter_of(k) != bank_name and not k.startswith("head/")}
+    for k, v in paths.flat(full).items():
+        if k.startswith("head/slots/"):
+            cut = k.endswith("out_proj/kernel") or k.endswith("out_proj/bias")
+            flat["head/" + k[len("head/slots/"):]] = jnp.asarray(_cut(v[slot], v.shape[1:-1] + (num_labels,) if cut
+                                                                      else v.shape[1:]))
+    head = heads.Classification(num_labels, pooling=config.head.pooling, hidden_layers=config.head.hidden_layers,
+                                dropout=config.head.dropout)
+    m = m.clone(adapters=dataclasses.replace(m.adapters, bank=None).activate(name), head=head)
+    params = paths.unflat(flat)
+    labs = make_labels(m, params)
+    trainable = split(params, labs)[0]
+    tx = opt_lib.from_config(config.optimizer, split(labs, labs)[0], 1)  # the schedule does not shape the state
+    single = step_lib.init_state(trainable, tx, config.seed)
+    banked_leaves = {_single_path(kp, bank_name, name): v
+                     for kp, v in jax.tree_util.tree_flatten_with_path(state["opt_state"])[0]}
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(single["opt_state"])
+    opt = [_cut(np.asarray(banked_leaves[jax.tree_util.keystr(kp)])[slot], np.shape(v)) for kp, v in leaves]
+    counts = [c for (kp, _), c in zip(leaves, opt) if jax.tree_util.keystr(kp).endswith(".count")]
+    single.update(opt_state=jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in opt]),
+                  step=jnp.asarray(counts[0] if counts else state["step"], jnp.int32), rng=state["rng"])
+    return m, params, single
+
+
+def _cut(x, shape) -> np.ndarray:
+    """The leading `shape` corner of a padded slot leaf (padding sits at the end of every axis)."""
+    return np.asarray(x)[tuple(slice(0, n) for n in shape)]
+
+
+def _single_path(keypath, bank_name: str, name: str) -> str:
+    """A bank state leaf's key path as the single adapter's: the bank's name -> the adapter's, head/slots -> head."""
+    out, prev = [], None
+    for k in keypath:
+        key = getattr(k, "key", None)
+        if key == "slots" and prev == "head":
+            continue
+        out.append(jax.tree_util.DictKey(name) if key == bank_name else k)
+        prev = key
+    return jax.tree_util.keystr(tuple(out))
+
+
+def save_task(model, state, frozen, slot: int, task, config, base, out: Path) -> None:
+    """Slot `slot` as a saved adapter (save_adapter's format) plus its head (head.safetensors) and, under
+    out/checkpoints/<its step count>/, its train state as train/loop.py checkpoints it: `scripts/train.py
+    --config <the task alone> --workdir out --resume` continues that adapter alone (data from the start of
+    its own stream)."""
     from safetensors.numpy import save_file
 
-    m, p = bank.unstack(model, params, slot, "adapter")
-    path = save_adapter(out, m, p, "adapter")
-    flat = paths.flat(p)
-    head = {}
-    for k, v in flat.items():
-        if k.startswith("head/slots/"):
-            leaf = np.asarray(v[slot])
-            if k.endswith("out_proj/kernel"):
-                leaf = leaf[:, :num_labels]
-            elif k.endswith("out_proj/bias"):
-                leaf = leaf[:num_labels]
-            head["head/" + k[len("head/slots/"):]] = leaf
+    m, p, single = slot_state(model, state, frozen, slot, task.num_labels, config, name=config.adapter_name)
+    path = save_adapter(out, m, p, config.adapter_name)
+    head = {"head/" + k[len("head/"):]: np.asarray(v) for k, v in paths.flat(p).items() if k.startswith("head/")}
     save_file(head, str(path / "head.safetensors"))
+    one = config.copy_and_resolve_references()
+    one.tasks, one.task = [], task.name
+    meta = loop.run_meta(one, base, task, m)
+    c = ckpt_lib.Checkpointer(out, meta, keep=1, best_metric=None, async_save=False)
+    try:
+        c.save(single, {"seed": config.seed, "epoch": 0, "step": 0})
+    finally:
+        c.close()
 
 
-def run(config, workdir: str | Path) -> dict:
-    """Train config.tasks at once (one bank slot and head each); returns the report (also report.json)."""
+def run_meta(config, base, tasks, model) -> dict:
+    """What each multi-task checkpoint records (checkpoint.MUST_MATCH: adapter, adapter_setup, task, base)."""
+    return {"adapter": config.adapter, "adapter_setup": to_string(model.adapters.bank.methods),
+            "task": [t.name for t in tasks], "train_rules": [list(r) for r in loop.train_rules(config)],
+            "base_fingerprint": base.fingerprint, "seed": config.seed, "model": config.model,
+            "jax": jax.__version__, "config": json.loads(config.to_json())}
+
+
+def run(config, workdir: str | Path, resume: bool = False) -> dict:
+    """Train config.tasks at once (one bank slot and head each); returns the report (also report.json).
+
+    Checkpoints (WORKDIR/checkpoints, adapters_jax/checkpoint.py: Orbax, never a half one) every
+    config.checkpoint.every steps and at the end, keeping config.checkpoint.keep; `resume` continues
+    the latest one bitwise (the state and the sampler's position)."""
     t0 = time.time()
+    workdir = Path(workdir)
+    done = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())  # Orbax's layout
+    if done and not resume:  # refused before anything loads
+        raise TrainingError(f"{workdir / 'checkpoints'} already holds checkpoints (latest step {done[-1]}); "
+                            "pass --resume to continue, or choose another --workdir")
     base, tasks, model, params, labels = build(config)
     trainable, frozen = split(params, labels)
     slot_labels = split(labels, labels)[0]  # one slot's labels: the same tree, the optimizer is vmapped over K
@@ -220,26 +312,35 @@ def run(config, workdir: str | Path) -> dict:
     pad_id = loop.pad_token_id(config, tokenizer)
     lengths = sorted({min(b, config.max_length) for b in config.buckets} | {config.max_length})
     data = Mixed([e["train"] for e in encs], config.batch_size, probs, lengths, pad_id, config.seed)
-    workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    t_train = time.time()
-    for s in range(total):
-        state, metrics = step_fn(state, frozen, data.batch(s))
-        if (s + 1) % config.log_every == 0 or s + 1 == total:
-            print(f"step {s + 1}/{total}: loss {float(metrics['loss']):.4f}", flush=True)
-    jax.block_until_ready(state)
-    train_s = time.time() - t_train
+    ckpt = ckpt_lib.Checkpointer(workdir, run_meta(config, base, tasks, model), keep=config.checkpoint.keep,
+                                 best_metric=None, async_save=config.checkpoint.async_save)
+    try:
+        if resume:
+            state, position, _ = ckpt.restore(single.restore_target(state))
+            data.restore(position, int(state["step"]))
+            print(f"resumed from step {int(state['step'])}", flush=True)
+        t_train = time.time()
+        for s in range(int(state["step"]), total):
+            state, metrics = step_fn(state, frozen, data.batch(s))
+            if (s + 1) % config.log_every == 0 or s + 1 == total:
+                print(f"step {s + 1}/{total}: loss {float(metrics['loss']):.4f}", flush=True)
+            if s + 1 == total or (config.checkpoint.every and (s + 1) % config.checkpoint.every == 0):
+                ckpt.save(state, data.state(s + 1))
+        ckpt.wait()
+        train_s = time.time() - t_train
+    finally:
+        ckpt.close()
     report = {"tasks": list(config.tasks), "adapter": config.adapter, "model": config.model, "seed": config.seed,
               "steps": total, "sampling": mt.sampling, "probs": probs.tolist(), "train_s": train_s,
               "params": str(param_report(params, labels))}
-    full = merge(state["trainable"], frozen)
     eval_fn = jax.jit(step_lib.make_eval_step(model))
     for i, (t, e) in enumerate(zip(tasks, encs)):
         for split_name in ("validation", "test"):
             if split_name in e:
                 r = evaluate(eval_fn, state["trainable"], frozen, e[split_name], i, config, pad_id)
                 report[f"{t.name}/{split_name}_accuracy"] = r["accuracy"]
-        save_task(model, full, i, t.num_labels, workdir / "adapters" / t.name)
+        save_task(model, state, frozen, i, t, config, base, workdir / "adapters" / t.name)
     report["wall_s"] = time.time() - t0
-    (workdir / "report.json").write_text(json.dumps(report, indent=1))
+    ckpt_lib.write_json(workdir / "report.json", report)
     return report

@@ -1,0 +1,134 @@
+"""Multi-task checkpoints: a run killed after a checkpoint and resumed ends bitwise where an uninterrupted run ends
+(the state and the sampler's position), and each task's output continues alone in train/loop.py."""
+import csv
+import shutil
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from safetensors.numpy import load_file
+
+from adapters_jax.train import loop, multitask
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(ROOT))
+from experiments.configs import base as base_config  # noqa: E402
+
+WORDS = [f"w{i}" for i in range(4, 128)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """tiny-roberta (vocab 128) with a 128-word WordPiece vocabulary, and two CSV tasks (2 and 3 labels) whose
+    label is a function of the words."""
+    d = tmp_path_factory.mktemp("tiny")
+    model = d / "model"
+    model.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(FIX / "tiny-roberta" / f, model / f)
+    (model / "vocab.txt").write_text("\n".join(["[CLS]", "[PAD]", "[SEP]", "[UNK]"] + WORDS) + "\n")
+    (model / "tokenizer_config.json").write_text('{"tokenizer_class": "BertTokenizer", "do_lower_case": true, '
+                                                 '"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", '
+                                                 '"unk_token": "[UNK]", "model_max_length": 32}')
+    g = np.random.default_rng(0)
+    files = []
+    for name, n_labels in (("alpha", 2), ("beta", 3)):
+        path = d / f"{name}.csv"
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label", "split"])
+            for split, n in (("train", 40), ("validation", 8), ("test", 8)):
+                for _ in range(n):
+                    ws = g.integers(0, len(WORDS), g.integers(3, 12))
+                    w.writerow([" ".join(WORDS[i] for i in ws), f"l{int(ws[0]) % n_labels}", split])
+        files.append(str(path))
+    return model, files
+
+
+def config(tiny):
+    model, files = tiny
+    c = base_config.get_config()
+    c.model, c.tasks, c.task_kwargs.split_column = str(model), files, "split"
+    c.adapter, c.max_length, c.buckets, c.batch_size, c.eval_batch_size = "lora[r=2]", 16, \
+        (16,), 8, 8
+    c.max_steps, c.log_every, c.multitask.sampling = 6, 100, "uniform"
+    c.checkpoint.every, c.checkpoint.keep = 2, 3
+    return c  # AdamW, head dropout 0.1 (the rng must continue too)
+
+
+def state_leaves(workdir, step):
+    restored = ocp.StandardCheckpointer().restore(Path(workdir).resolve() / "checkpoints" / str(step) / "state")
+    return [np.asarray(x) for x in jax.tree.leaves(restored)]
+
+
+def test_kill_after_a_checkpoint_and_resume_ends_bitwise_where_an_uninterrupted_run_ends(tiny, tmp_path, capsys):
+    c = config(tiny)
+    straight = multitask.run(c, tmp_path / "straight")
+    assert sorted(int(p.name) for p in (tmp_path / "straight" / "checkpoints").iterdir()) == [2, 4, 6]
+    # killed after step 5: what is on disk is the checkpoints of steps 2 and 4 (a save in flight is never published)
+    killed = tmp_path / "killed"
+    for s in ("2", "4"):
+        shutil.copytree(tmp_path / "straight" / "checkpoints" / s, killed / "checkpoints" / s)
+    with pytest.raises(multitask.TrainingError, match="already holds checkpoints .* pass --resume"):
+        multitask.run(c, killed)
+    capsys.readouterr()
+    resumed = multitask.run(c, killed, resume=True)
+    assert "resumed from step 4" in capsys.readouterr().out
+    a, b = state_leaves(tmp_path / "straight", 6), state_leaves(killed, 6)
+    assert len(a) == len(b) > 10
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert {k: v for k, v in resumed.items() if "accuracy" in k} == {k: v for k, v in straight.items()
+                                                                   if "accuracy" in k}
+    for task in ("alpha", "beta"):
+        for f in ("adapter.safetensors", "head.safetensors"):
+            want, got = (load_file(str(d / "adapters" / task / f)) for d in (tmp_path / "straight", killed))
+            assert want.keys() == got.keys()
+            for k in want:
+                np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+    # each task's output is a train/loop.py run directory: --resume continues that adapter alone
+    out = tmp_path / "straight" / "adapters" / "beta"
+    step = int(next((out / "checkpoints").iterdir()).name)
+    assert 0 < step <= 6  # beta's own step count (uniform sampling: rows of beta in most batches)
+    one = c.copy_and_resolve_references()
+    one.tasks, one.task, one.max_steps, one.eval_every, one.progress = [], tiny[1][1], step + 1, 100, False
+    capsys.readouterr()
+    rep = loop.run(one, out, resume=True)
+    assert f"resumed from step {step}" in capsys.readouterr().out
+    assert rep["steps"] == step + 1 and rep["completed"]
+    assert (out / "checkpoints" / str(step + 1)).is_dir()
+
+
+class _Enc:
+    def __init__(self, n):
+        self.ids, self.labels = [[5 + i % 7] * (1 + i % 3) for i in range(n)], [0] * n
+
+    def __len__(self):
+        return len(self.ids)
+
+
+def test_mixed_batches_depend_on_the_position_and_a_restored_sampler_continues_them():
+    """Step s's batch is a function of (seed, s, each task stream's position), not of s alone: a resume needs the
+    position (checkpointed with the state), and a sampler restored from it draws the same batches."""
+    def mixed():
+        return multitask.Mixed([_Enc(7), _Enc(11)], 5, np.asarray([0.5, 0.5]), [4], 0, seed=3)
+
+    a = mixed()
+    for s in range(4):
+        a.batch(s)
+    position = a.state(4)
+    b = mixed()
+    b.restore(position, 4)
+    fresh = mixed()
+    for s in range(4, 9):
+        x, y, z = a.batch(s), b.batch(s), fresh.batch(s)
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    assert not np.array_equal(x["index"], z["index"])  # without the position the streams are elsewhere
+    with pytest.raises(multitask.DataError, match="does not fit this run"):
+        mixed().restore(position, 5)

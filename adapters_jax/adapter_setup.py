@@ -10,29 +10,36 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from adapters_jax.configs import AdapterConfigError, LoRA, MethodConfig, NamedAdapter, parse, to_string
+from adapters_jax.configs import AdapterConfigError, LoRA, MethodConfig, NamedAdapter, PrefixTuning, parse, to_string
 
 
 @dataclass(frozen=True)
 class Bank:
     """K adapters of one setup stacked on a leading axis (adapters_jax/bank.py): each example picks a slot.
 
-    `methods` is the slots' common shape (the largest LoRA rank and bottleneck size of
-    the members; smaller members are zero-padded, which is exact); `slots[k]` is the
-    adapter in slot k with its own configs (its LoRA scaling), or None for a free slot.
+    `methods` is the slots' common shape (the largest LoRA rank, bottleneck size and prefix
+    length of the members; smaller members are zero-padded, which is exact: padded prefix
+    positions are masked out of attention); `slots[k]` is the adapter in slot k with its own
+    configs (its LoRA scaling, its prefix lengths), or None for a free slot (the bank's shape).
     Two banks are equal (and a jitted step keyed on the model is reused) when their name,
-    shape and per-slot LoRA scalings are: which adapter sits in a slot is data, so
-    `bank.write` of another adapter with the same scaling keeps the compiled step.
+    shape, per-slot LoRA scalings and prefix lengths are: which adapter sits in a slot is
+    data, so `bank.write` of another adapter with the same scaling and lengths keeps the
+    compiled step.
     """
 
     name: str
     methods: tuple[MethodConfig, ...]
     slots: tuple[NamedAdapter | None, ...] = field(compare=False)
     scalings: tuple[float, ...] = field(init=False)  # [K] alpha/r (or rsLoRA's) per slot; 0 without LoRA
+    # [K] per slot, the true prefix_length of each of the bank's prefix-tuning methods (in order)
+    prefix_lengths: tuple[tuple[int, ...], ...] = field(init=False)
 
     def __post_init__(self):
         object.__setattr__(self, "scalings", tuple(
             float(a.of(LoRA)[0].scaling) if a is not None and a.of(LoRA) else 0.0 for a in self.slots))
+        full = tuple(m.prefix_length for m in self.of(PrefixTuning))
+        object.__setattr__(self, "prefix_lengths", tuple(
+            full if a is None else tuple(m.prefix_length for m in a.of(PrefixTuning)) for a in self.slots))
 
     @property
     def size(self) -> int:

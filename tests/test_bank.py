@@ -23,6 +23,9 @@ MEMBERS = {
     "par_bn": ["par_bn[bottleneck=8]", "par_bn[bottleneck=4]", "par_bn[bottleneck=8]"],
     "prefix": ["prefix_tuning[prefix_length=3,bottleneck_size=8]"] * 3,
     "prompt": ["prompt_tuning[prompt_length=2]"] * 3,
+    # prefixes of different lengths: padded to 5, each example's padding masked out of attention
+    "prefix_het": [f"prefix_tuning[prefix_length={n},bottleneck_size=8]" for n in (2, 3, 5)],
+    "prefix_het_flat": [f"prefix_tuning[prefix_length={n},flat=true]" for n in (2, 5, 3)],
     "union": ["lora[r=2]|ia3|pfeiffer[bottleneck=4]|prefix_tuning[prefix_length=2,bottleneck_size=8]",
               "lora[r=4]|ia3|pfeiffer[bottleneck=8]|prefix_tuning[prefix_length=2,bottleneck_size=8]",
               "lora[r=2]|ia3|pfeiffer[bottleneck=8]|prefix_tuning[prefix_length=2,bottleneck_size=8]"],
@@ -56,8 +59,8 @@ def alone(model, params, name, ids, mask):
 
 
 # the union (LoRA, IA3, Pfeiffer, prefix) covers IA3 and LoRA on Llama; heterogeneous LoRA ranks run on RoBERTa
-CASES = ([("tiny-roberta", m) for m in ("lora", "houlsby", "prefix", "prompt")]
-         + [("tiny-llama", m) for m in ("union", "par_bn", "prompt")])
+CASES = ([("tiny-roberta", m) for m in ("lora", "houlsby", "prefix", "prompt", "prefix_het")]
+         + [("tiny-llama", m) for m in ("union", "par_bn", "prompt", "prefix_het_flat")])
 
 
 @pytest.mark.parametrize("fixture,method", CASES)
@@ -118,6 +121,9 @@ def test_bad_banks_are_refused_by_name():
         bank.write(model, params, 1, "a1")
     with pytest.raises(ConfigError, match="'a3'.*does not fit bank 'bank': larger rank"):
         bank.write(model, params, 1, "a3")
+    model, params = members("tiny-llama", ["prompt_tuning[prompt_length=2]", "prompt_tuning[prompt_length=3]"])
+    with pytest.raises(ConfigError, match="prompt lengths 2 and 3; .*shift its tokens' positions"):
+        bank.build((model, params), ["a0", "a1"])
 
 
 def test_generate_with_a_bank_gives_each_prompt_its_adapters_completion():
@@ -139,3 +145,28 @@ def test_generate_with_a_bank_gives_each_prompt_its_adapters_completion():
         aj.generate(model, params, prompts, 2, adapter_ids=[0, 1, 2, 0])
     with pytest.raises(ConfigError, match="one per prompt"):
         aj.generate(model, params, prompts, 2, adapter_ids=[0, 1])
+
+
+def test_generate_through_a_bank_of_prefixes_of_different_lengths():
+    """Prefix lengths 2, 3 and 5 in one bank (padded to 5 in the KV cache, each row's padding masked in prefill and
+    every decode step): each prompt gets its own adapter's greedy tokens; the per-slot lengths are part of the bank's
+    identity (static, like the LoRA scalings)."""
+    model, params = members("tiny-llama", MEMBERS["prefix_het"])
+    model, params = bank.build((model, params), ["a0", "a1", "a2"])
+    assert model.adapters.bank.prefix_lengths == ((2,), (3,), (5,))
+    assert model.adapters.bank.methods == aj.parse("prefix_tuning[prefix_length=5,bottleneck_size=8]")
+    assert bank.write(model, params, 2, "a0")[0].adapters.bank != model.adapters.bank  # slot 2: 5 -> 2
+    model = aj.activate(model)
+    prompts = [[5, 9, 12, 7], [3, 4], [8, 8, 8, 2, 11], [6]]
+    slots = [0, 2, 1, -1]
+    got = aj.generate(model, params, prompts, 5, adapter_ids=slots, ignore_eos=True)
+    for p, s, out in zip(prompts, slots, got):
+        setup = dataclasses.replace(model.adapters, bank=None, active=() if s < 0 else (f"a{s}",))
+        want = aj.generate(model.clone(adapters=setup), params, [p], 5, ignore_eos=True)[0]
+        assert out.ids == want.ids, (s, out.ids, want.ids)
+    m, p = bank.unstack(model, params, 0, "back")  # the length-2 member comes out unpadded, bit-exact
+    assert m.adapters.get("back").methods == aj.parse(MEMBERS["prefix_het"][0])
+    flat = paths.flat(p)
+    for k, v in flat.items():
+        if paths.adapter_of(k) == "back":
+            np.testing.assert_array_equal(v, flat[paths.rename_adapter(k, "back", "a0")])

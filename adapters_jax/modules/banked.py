@@ -12,8 +12,9 @@ for LoRA, the same scale for IA3, the same linen module applied per example
 runs the base there: the LoRA update is zeroed, the IA3 scale is one, the
 bottleneck output is the block's own, the prefix and prompt positions are
 masked out of attention. Members smaller than the bank (LoRA rank, bottleneck
-size) are zero-padded by adapters_jax/bank.py; padded rows and columns add
-exactly nothing. Dropout inside a banked adapter draws per example.
+size, prefix length) are zero-padded by adapters_jax/bank.py; padded rows and
+columns add exactly nothing, padded prefix positions are masked out of attention
+(`prefix_seen`: masked keys get exactly zero weight). Dropout inside a banked adapter draws per example.
 """
 from __future__ import annotations
 
@@ -76,6 +77,15 @@ def ia3(p, size: int, h_BxTxN, ids_B, dtype):
     idx_B, valid_B = slots(ids_B, size)
     l_BxN = jnp.where(valid_B[:, None], p["ia3_l"][idx_B].astype(dtype), jnp.ones((), dtype))
     return h_BxTxN * l_BxN[:, None, :]
+
+
+def prefix_seen(bank, config, ids_B, length: int):
+    """[B, P] which of the bank's P prefix positions (of prefix method `config`) example b attends to: the first
+    prefix_length of its slot's member (the rest is padding); none for id -1."""
+    which = [m for m in bank.methods if m.method == config.method].index(config)
+    lengths_K = np.asarray([ls[which] for ls in bank.prefix_lengths], np.int32)
+    idx_B, valid_B = slots(ids_B, bank.size)
+    return valid_B[:, None] & (jnp.arange(length)[None, :] < jnp.asarray(lengths_K)[idx_B][:, None])
 
 
 def per_example(single, p, size: int, ids_B, args_B: tuple, static: tuple = (), rng=None):

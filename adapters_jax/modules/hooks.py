@@ -303,13 +303,14 @@ class PrefixPool(nn.Module):
         shape = (self.n_layers, self.n_heads, self.head_dim, self.hidden, self.dtype)
         kvs = [(c, PrefixKV(c, *shape, name=n)(batch, deterministic), None)
                for n, c in self.adapters.active_methods(PrefixTuning)]
-        for n, c in self.adapters.bank_methods(PrefixTuning):  # each example its slot's prefix; id -1: masked out
+        # each example its slot's prefix, padded to the bank's length: the padding and id -1 rows masked out
+        for n, c in self.adapters.bank_methods(PrefixTuning):
             size, ids_B = self.adapters.bank.size, _bank_ids(self)
             single = PrefixKV(c, *shape, parent=None)
             p = banked.Stacked(lambda: (single, (1, True)), size, name=n)()
             rng = _rng(self, deterministic, c.dropout)
             kv = banked.per_example(single, p, size, ids_B, (), (1, deterministic), rng)
-            kvs.append((c, kv, banked.slots(ids_B, size)[1]))
+            kvs.append((c, kv, banked.prefix_seen(self.adapters.bank, c, ids_B, kv.shape[1])))
         per_layer = []
         setup = self.adapters
         for i in range(self.n_layers):
@@ -319,11 +320,10 @@ class PrefixPool(nn.Module):
                 continue
             k = jnp.concatenate([kv[:, :, i, 0] for kv, _ in here], 1)
             v = jnp.concatenate([kv[:, :, i, 1] for kv, _ in here], 1)
-            if all(valid is None for _, valid in here) and setup.drop_n is None:
+            if all(seen is None for _, seen in here) and setup.drop_n is None:
                 per_layer.append((k, v))
                 continue
-            seen_BxP = jnp.concatenate([jnp.ones(kv.shape[:2], bool) if valid is None else
-                                        jnp.broadcast_to(valid[:, None], kv.shape[:2]) for kv, valid in here], 1)
+            seen_BxP = jnp.concatenate([jnp.ones(kv.shape[:2], bool) if seen is None else seen for kv, seen in here], 1)
             if setup.drop_n is not None:
                 seen_BxP = seen_BxP & (i >= setup.drop_n)
             per_layer.append((k, v, seen_BxP))  # prefix.prepend masks the unseen positions

@@ -258,12 +258,14 @@ def save_task(model, state, frozen, slot: int, task, config, base, out: Path) ->
     its own stream)."""
     from safetensors.numpy import save_file
 
-    m, p, single = slot_state(model, state, frozen, slot, task.num_labels, config, name=config.adapter_name)
-    path = save_adapter(out, m, p, config.adapter_name)
-    head = {"head/" + k[len("head/"):]: np.asarray(v) for k, v in paths.flat(p).items() if k.startswith("head/")}
+    m, p, single = slot_state(model, state, frozen, slot, task.num_labels, config, name="adapter")
+    path = save_adapter(out, m, p, "adapter")
+    head = {k: np.asarray(v) for k, v in paths.flat(p).items() if k.startswith("head/")}
     save_file(head, str(path / "head.safetensors"))
     one = config.copy_and_resolve_references()
     one.tasks, one.task = [], task.name
+    if config.adapter_name != "adapter":  # the run directory's state names the adapter as train/loop.py does
+        m, _, single = slot_state(model, state, frozen, slot, task.num_labels, config, name=config.adapter_name)
     meta = loop.run_meta(one, base, task, m)
     c = ckpt_lib.Checkpointer(out, meta, keep=1, best_metric=None, async_save=False)
     try:

@@ -21,7 +21,6 @@ MEMBERS = {
     "ia3": ["ia3"] * 3,
     "houlsby": ["houlsby[bottleneck=4]", "houlsby[bottleneck=16]", "houlsby[bottleneck=8]"],
     "par_bn": ["par_bn[bottleneck=8]", "par_bn[bottleneck=4]", "par_bn[bottleneck=8]"],
-    "prefix": ["prefix_tuning[prefix_length=3,bottleneck_size=8]"] * 3,
     "prompt": ["prompt_tuning[prompt_length=2]"] * 3,
     # prefixes of different lengths: padded to 5, each example's padding masked out of attention
     "prefix_het": [f"prefix_tuning[prefix_length={n},bottleneck_size=8]" for n in (2, 3, 5)],

@@ -105,21 +105,8 @@ def llama(server):
     same adapters (each member's own LoRA scaling, static: the library's path; tests/test_bank.py shows each row
     equals its adapter alone)."""
     model, params, names = server["model"], server["params"], server["names"]
-    built = {}
-
-    def build(p):
-        built["model"], p = aj.bank.build((model, p), names)
-        return p
-
-    def fill(p):  # the members written into their slots as the library writes them (bank.write)
-        m = built["model"]
-        for k, name in enumerate(names):
-            m, p = aj.bank.write(m, p, k, name)
-        return p
-
-    shapes, given = paths.flat(jax.eval_shape(build, params)), paths.flat(params)  # traced: no forward pass
-    params = jax.jit(fill)(paths.unflat({k: given.get(k, np.zeros(v.shape, v.dtype)) for k, v in shapes.items()}))
-    model = aj.activate(built["model"])
+    model, params = aj.bank.build((model, params), names)
+    model = aj.activate(model)
     pairs = list(zip(MIXED, PROMPTS)) + [("late", PROMPTS[0])]
     outs = aj.generate(model, params, [p for _, p in pairs], 12, ignore_eos=True,
                        adapter_ids=[-1 if n is None else names.index(n) for n, _ in pairs])
@@ -258,6 +245,13 @@ def test_hot_load_and_unload_without_recompiling(llama):
     assert httpx.post(url + "/v1/unload_adapter", json={"lora_name": "late"}).status_code == 200
     r = httpx.post(url + "/v1/completions", json={**warm, "model": "late"}, timeout=60)
     assert r.status_code == 404 and "`late`" in r.json()["error"]["message"]
+    # the name again, other weights: served with the new ones, not the old slot's
+    r = httpx.post(url + "/v1/load_adapter", json={"lora_name": "late", "lora_path": str(d / "adapters" / "t0")})
+    assert r.status_code == 200, r.text
+    got = httpx.post(url + "/v1/completions", json={**warm, "model": "late"}, timeout=60).json()
+    assert got["choices"][0]["token_ids"] == want(refs, "t0", PROMPTS[0], 6)
+    assert httpx.post(url + "/v1/unload_adapter", json={"lora_name": "late"}).status_code == 200
+    assert metrics(url)["adapters_jax_compiled_programs"] == before
 
 
 def test_bad_adapter_directories_are_refused_with_the_cause(llama):
@@ -350,3 +344,16 @@ def test_sigterm_drains_in_flight_requests_then_exits(llama):
     for lines in asyncio.run(go()):
         assert lines[-1] == "data: [DONE]" and len(lines) == 26  # 24 tokens, the finish chunk, [DONE]
     assert proc.wait(timeout=30) == 0
+
+
+def test_a_prefix_adapter_of_another_length_is_refused():
+    """Every slot runs the bank's (static) prefix length, so a shorter prefix adapter cannot be served exactly."""
+    from adapters_jax import configs
+    from adapters_jax.serve import residency
+
+    template = residency.Template("bank", configs.parse("prefix_tuning[prefix_length=5]"), 64, {}, {}, 8)
+    same = configs.NamedAdapter("p5", "", configs.parse("prefix_tuning[prefix_length=5]"))
+    residency.check_fits(same, template)
+    shorter = configs.NamedAdapter("p3", "", configs.parse("prefix_tuning[prefix_length=3]"))
+    with pytest.raises(configs.AdapterConfigError, match=r"prefix length \[3\].*\[5\]"):
+        residency.check_fits(shorter, template)

@@ -86,11 +86,8 @@ class Engine:
         """Compile, before serving, every program requests can need: each join (or classify) shape for prompts up
         to max_model_len, the decode step, compaction and the slot write. Returns {"programs", "seconds"}."""
         t0 = time.perf_counter()
-        zeros = {p: jnp.zeros(shape, dtype) for p, (shape, dtype) in {**self.template.leaves,
-                                                                       **self.template.head_leaves}.items()}
-        flat = paths.flat(self.params)
-        flat.update(self.kernels.write({p: flat[p] for p in self.bank_paths}, jnp.int32(0), zeros))
-        self.params = paths.unflat(flat)  # slot 0 holds zeros, as it did: no adapter is in a slot yet
+        shapes = {**self.template.leaves, **self.template.head_leaves}
+        self._write_slot(0, {p: jnp.zeros(*shapes[p]) for p in self.bank_paths})  # zeros, as before: slot 0 is free
         if self.decoder:
             self.batch.warm(self.params, self.max_model_len - 1)
         else:
@@ -126,10 +123,22 @@ class Engine:
         if name in self.registry:
             raise AdapterConfigError(f"an adapter named {name!r} is already loaded; unload it first")
         a = residency.read(path, name, self.base, self.template)
+        deadline = time.monotonic() + 30
+        while self._stale(name):  # unloaded, but its old weights are still in a slot: wait for them to go
+            if time.monotonic() > deadline:
+                raise AdapterConfigError(f"adapter {name!r} was unloaded but requests still use it; load it again "
+                                         "when they have finished")
+            self._wake()
+            time.sleep(0.02)
         with self._cv:
+            if name in self.registry:
+                raise AdapterConfigError(f"an adapter named {name!r} is already loaded; unload it first")
             self.host.put(a)
             self.registry[name] = Path(path)
         return a
+
+    def _stale(self, name: str) -> bool:
+        return self.slots.slot_of(name) is not None or name in self.host.entries or name in self.loading
 
     def unload_adapter(self, name: str) -> None:
         """Forget `name`: new requests get 404, requests already accepted finish with it."""
@@ -165,6 +174,7 @@ class Engine:
             with self._cv:
                 while not getattr(self, "_closed", False) and not self._has_work():
                     self._cv.wait(timeout=0.5)
+                    self._gc_unloaded()  # also when idle, so an unloaded name can be loaded again
                 if getattr(self, "_closed", False):
                     break
             try:
@@ -198,7 +208,9 @@ class Engine:
                 continue
             del self.loading[name]
             try:
-                self.host.put(fut.result())
+                a = fut.result()
+                if str(self.registry.get(name, a.path)) == a.path:  # not loaded again from elsewhere meanwhile
+                    self.host.put(a)
                 self.metrics.inc("adapter_loads_total")
             except Exception as e:
                 self.metrics.inc("adapter_load_failures_total")
@@ -231,11 +243,7 @@ class Engine:
         s = self.slots.victim()
         if s is None:
             return None
-        values = {p: jnp.asarray(a.tensors[p]) for p in self.bank_paths}
-        flat = paths.flat(self.params)
-        leaves = self.kernels.write({p: flat[p] for p in self.bank_paths}, jnp.int32(s), values)
-        flat.update(leaves)
-        self.params = paths.unflat(flat)
+        self._write_slot(s, {p: jnp.asarray(a.tensors[p]) for p in self.bank_paths})
         self.slots.assign(s, req.adapter)
         self.labels_of[s] = a.labels
         return s
@@ -244,14 +252,11 @@ class Engine:
         with self._cv:
             self._cv.notify()
 
-    def _take(self, req: Request, slot: int):
-        if slot >= 0:
-            self.slots.users[slot] += 1
-            self.slots.touch(slot)
-
-    def _release(self, slot: int):
-        if slot >= 0:
-            self.slots.users[slot] -= 1
+    def _write_slot(self, slot: int, values: dict) -> None:
+        """Bank slot `slot` (and its head) set to `values`, in place (one compiled update, whatever the adapter)."""
+        flat = paths.flat(self.params)
+        flat.update(self.kernels.write({p: flat[p] for p in self.bank_paths}, jnp.int32(slot), values))
+        self.params = paths.unflat(flat)
 
     def _admit_decoder(self):
         joining = []
@@ -271,7 +276,7 @@ class Engine:
             if not self.batch.fits(group):
                 if not (self.batch.fits(group, compacted=True) and self.batch.compact() and self.batch.fits(group)):
                     break
-            self._take(req, slot)
+            self.slots.take(slot)
             joining.append((req, slot))
             self._remove_waiting(req)
         if joining:
@@ -302,7 +307,7 @@ class Engine:
                 req.on_event("token", {"text": delta, "token_id": None})
             if reason is not None:
                 self.batch.drop(i)
-                self._release(row.slot)
+                self.slots.release(row.slot)
                 self.metrics.inc("prompt_tokens_total", len(req.prompt))
                 self._finish(req, "done", {"finish_reason": reason, "token_ids": list(row.ids),
                                            "text": self._text(row), "prompt_tokens": len(req.prompt)})
@@ -326,19 +331,19 @@ class Engine:
             row = self.batch.rows[i]
             if row.req.cancelled:
                 self.batch.drop(i)
-                self._release(row.slot)
+                self.slots.release(row.slot)
                 self.metrics.inc("requests_cancelled_total")
 
     def _gc_unloaded(self):
         """Adapters unloaded while requests used them leave once no request does."""
-        with self._cv:
+        with self._cv:  # decided under the lock: load_adapter registers a name and its host entry together
             pending = {r.adapter for r in self.waiting}
-        for s, name in enumerate(self.slots.names):
-            if name is not None and name not in self.registry and self.slots.users[s] == 0 and name not in pending:
-                self.slots.names[s] = None
-        for name in list(self.host.entries):
-            if name not in self.registry and name not in pending:
-                self.host.drop(name)
+            for s, name in enumerate(self.slots.names):
+                if name is not None and name not in self.registry and self.slots.users[s] == 0 and name not in pending:
+                    self.slots.names[s] = None
+            for name in list(self.host.entries):
+                if name not in self.registry and name not in pending:
+                    self.host.drop(name)
 
     def _fail_all(self, message: str):
         with self._cv:
@@ -348,7 +353,7 @@ class Engine:
         if self.decoder:
             for i in self.batch.live:
                 row = self.batch.drop(i)
-                self._release(row.slot)
+                self.slots.release(row.slot)
                 self._finish(row.req, "error", {"status": 500, "message": message})
 
     # --- encoders: classification, one padded batch per step ---
@@ -366,7 +371,7 @@ class Engine:
             slot = self._slot_for(req)
             if slot is None:
                 continue
-            self._take(req, slot)
+            self.slots.take(slot)
             self._remove_waiting(req)
             reqs.append((req, slot, len(rows)))
             rows.extend((ids, slot) for ids in req.prompt)
@@ -377,7 +382,7 @@ class Engine:
         self.metrics.step(len(rows), self.max_batch, time.perf_counter() - t0)
         for req, slot, first in reqs:
             out = [classify.answer(logits_NxL[first + j], self.labels_of[slot]) for j in range(len(req.prompt))]
-            self._release(slot)
+            self.slots.release(slot)
             n_tokens = sum(len(x) for x in req.prompt)
             self.metrics.inc("prompt_tokens_total", n_tokens)
             self._finish(req, "result", {"data": out, "prompt_tokens": n_tokens})

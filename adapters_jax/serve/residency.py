@@ -22,7 +22,7 @@ import numpy as np
 
 from adapters_jax import configs, paths
 from adapters_jax.bank import _shape_of
-from adapters_jax.configs import AdapterConfigError, LoRA, NamedAdapter
+from adapters_jax.configs import AdapterConfigError, LoRA, NamedAdapter, PrefixTuning
 
 SAVED_FORMAT = "adapters_jax.adapter/1"
 
@@ -82,6 +82,10 @@ def check_fits(member: NamedAdapter, template: Template) -> None:
         raise AdapterConfigError(f"adapter {member.name!r} ({member.spec}) does not fit the server's bank "
                                  f"({configs.to_string(template.methods)}): larger rank or bottleneck; start the "
                                  "server with a larger --bank")
+    lengths = lambda methods: [m.prefix_length for m in methods if isinstance(m, PrefixTuning)]  # noqa: E731
+    if lengths(member.methods) != lengths(template.methods):  # every slot runs the placeholder's (static) length
+        raise AdapterConfigError(f"adapter {member.name!r} has prefix length {lengths(member.methods)}, the server's "
+                                 f"bank {lengths(template.methods)}: a server serves prefix adapters of one length")
 
 
 def read(path, name: str, base, template: Template) -> HostAdapter:
@@ -224,6 +228,16 @@ class SlotTable:
             if self.users[s] == 0:
                 return s
         return None
+
+    def take(self, slot: int) -> None:
+        """A running request uses `slot` (-1, the base, is no slot)."""
+        if slot >= 0:
+            self.users[slot] += 1
+            self.touch(slot)
+
+    def release(self, slot: int) -> None:
+        if slot >= 0:
+            self.users[slot] -= 1
 
     def assign(self, slot: int, name: str) -> None:
         if self.names[slot] is not None:

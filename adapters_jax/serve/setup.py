@@ -12,12 +12,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from adapters_jax import bank as bank_lib
 from adapters_jax import configs, paths
+from adapters_jax.adapter_setup import AdapterSetup, Bank
 from adapters_jax.adapters import add_adapters
 from adapters_jax.configs import AdapterConfigError, NamedAdapter
 from adapters_jax.errors import ConfigError
@@ -55,31 +54,24 @@ def bank_methods(spec: str | None, found: dict[str, Path], hidden: int) -> tuple
 
 
 def build(base, methods: tuple, k: int, found: dict[str, Path], decoder: bool, pooling: str, max_labels: int):
-    """(model, params, residency.Template): `base` with a bank of k slots of `methods`, every slot zeros."""
+    """(model, params, residency.Template): `base` with a bank of k slots of `methods`, every slot zeros.
+
+    The bank is set up directly (every slot the placeholder) and its leaves traced, not initialised: every
+    slot is written before a request uses it, so zeros will do and no forward pass runs at startup.
+    """
     spec = configs.to_string(methods)
-    model, params = add_adapters(base, spec, name="slot", init=False)
+    placeholder = NamedAdapter("slot", spec, methods)
+    setup_ = dataclasses.replace(base.model.adapters or AdapterSetup(), bank=Bank("bank", methods, (placeholder,) * k))
     head = None
     if not decoder:
-        hidden = head_hidden_layers(found.values())
-        head = heads.SlotClassification((max_labels,) * k, pooling=pooling, hidden_layers=hidden)
-    built = {}
-
-    def stacked(p):  # traced, not run: every slot is written before a request uses it, so zeros will do
-        built["model"], p = bank_lib.build((model, p), ["slot"], name="bank", size=k, keep_members=False, head=head)
-        return p
-
-    shapes, given = paths.flat(jax.eval_shape(stacked, params)), paths.flat(params)
-    model = built["model"]
-    params = paths.unflat({p: given[p] if p in given else jnp.zeros(v.shape, v.dtype) for p, v in shapes.items()})
-    placeholder = NamedAdapter("slot", spec, model.adapters.bank.methods)
-    setup = model.adapters.activate()
-    setup = dataclasses.replace(setup, bank=dataclasses.replace(setup.bank, slots=(placeholder,) * k))
-    model = model.clone(adapters=setup)
+        head = heads.SlotClassification((max_labels,) * k, pooling=pooling,
+                                        hidden_layers=head_hidden_layers(found.values()))
+    model = base.model.clone(adapters=setup_, **({"head": head} if head is not None else {}))
+    model, params = add_adapters((model, base.params), None, init=False)
     flat = paths.flat(params)
     leaves = {p: (tuple(v.shape[1:]), np.dtype(v.dtype)) for p, v in flat.items() if paths.adapter_of(p) == "bank"}
     head_leaves = {p: (tuple(v.shape[1:]), np.dtype(v.dtype)) for p, v in flat.items() if p.startswith("head/slots/")}
-    template = residency.Template("bank", model.adapters.bank.methods, base.config.hidden_size, leaves, head_leaves,
-                                  max_labels)
+    template = residency.Template("bank", methods, base.config.hidden_size, leaves, head_leaves, max_labels)
     return model, params, template
 
 

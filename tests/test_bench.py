@@ -30,8 +30,8 @@ def test_bench_writes_jsonl(tmp_path, asset_path):
     assert row["grad_bytes"] == row["trainable_bytes"] < row["param_bytes"]
     assert "| houlsby |" in p.stdout
     per_round = [r for r in rows if r["kind"] == "config_round"]
-    assert [r["round"] for r in per_round] == [0]  # one worker process (how rounds combine: the next test)
-    assert row["rounds"] == 1 and row["step_s_round_medians"] == [r["step_s_median"] for r in per_round]
+    assert per_round == []  # one round, one worker process: no per-round rows (how rounds combine: the next test)
+    assert "rounds" not in row and "step_s_round_medians" not in row  # a single round's row is the worker's own
 
 
 def test_rounds_summary_and_paired_ratios():

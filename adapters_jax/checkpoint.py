@@ -36,6 +36,12 @@ from adapters_jax.errors import CheckpointError  # noqa: F401  (re-exported)
 MUST_MATCH = ("adapter", "adapter_setup", "train_rules", "base_fingerprint", "task")
 
 
+def finished_steps(workdir: str | Path) -> list[int]:
+    """The steps with a complete checkpoint in WORKDIR/checkpoints (Orbax's own listing), oldest first."""
+    d = Path(workdir) / "checkpoints"
+    return sorted(ocp.path.step.checkpoint_steps(d)) if d.is_dir() else []
+
+
 class Checkpointer:
     def __init__(self, workdir: str | Path, meta: dict, *, keep: int = 2, best_metric: str | None = "val_accuracy",
                  async_save: bool = True):

@@ -57,6 +57,7 @@ class Bottleneck:
     ln_before: bool = False
     ln_after: bool = False
     init_weights: str = "zero"
+    init_std: float = 1e-2  # init_weights="houlsby": both projections ~ normal(0, std) truncated at 2 std
     is_parallel: bool = False
     scaling: Union[float, str] = 1.0  # a number, "learned" or "channel"
     dropout: float = 0.0
@@ -241,6 +242,8 @@ def _validate(cfg: MethodConfig, where: str) -> MethodConfig:
             raise AdapterConfigError(f"{where}: non_linearity={cfg.non_linearity!r}; valid: {NON_LINEARITIES}")
         if cfg.init_weights not in ("zero", "bert", "mam_adapter", "houlsby"):
             raise AdapterConfigError(f"{where}: init_weights={cfg.init_weights!r}; valid: zero, bert, mam_adapter, houlsby")
+        if not cfg.init_std > 0:
+            raise AdapterConfigError(f"{where}: init_std={cfg.init_std} must be > 0")
         if cfg.reduction_factor <= 0 or (cfg.bottleneck is not None and cfg.bottleneck < 1):
             raise AdapterConfigError(f"{where}: reduction_factor and bottleneck must be positive")
         if not (cfg.mh_adapter or cfg.output_adapter):

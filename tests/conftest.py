@@ -71,3 +71,39 @@ def smollm2():
     import adapters_jax as aj
 
     return aj.load("smollm2-135m")
+
+
+TINY_WORDS = [f"w{i}" for i in range(4, 128)]
+
+
+def tiny_word_tasks(d, tasks, sizes=(("train", 40), ("validation", 8), ("test", 8))):
+    """(model dir, [csv paths]): tiny-roberta (vocab 128) with a 128-word WordPiece vocabulary, and one CSV
+    task per (name, label count) whose label is a function of the words (the first word, mod the count)."""
+    import csv
+    import shutil
+    from pathlib import Path
+
+    import numpy as np
+
+    d = Path(d)
+    model = d / "model"
+    model.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(Path(__file__).parent / "fixtures" / "tiny-roberta" / f, model / f)
+    (model / "vocab.txt").write_text("\n".join(["[CLS]", "[PAD]", "[SEP]", "[UNK]"] + TINY_WORDS) + "\n")
+    (model / "tokenizer_config.json").write_text('{"tokenizer_class": "BertTokenizer", "do_lower_case": true, '
+                                                 '"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", '
+                                                 '"unk_token": "[UNK]", "model_max_length": 32}')
+    g = np.random.default_rng(0)
+    files = []
+    for name, n_labels in tasks:
+        path = d / f"{name}.csv"
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label", "split"])
+            for split, n in sizes:
+                for _ in range(n):
+                    ws = g.integers(0, len(TINY_WORDS), g.integers(3, 12))
+                    w.writerow([" ".join(TINY_WORDS[i] for i in ws), f"l{int(ws[0]) % n_labels}", split])
+        files.append(str(path))
+    return model, files

@@ -88,6 +88,21 @@ def test_prompt_init_from_vocabulary(base):
         assert np.abs(table - row).sum(1).min() == 0.0
 
 
+def test_houlsby_init_std_scales_both_projections(base):
+    """init_weights=houlsby draws both projections from normal(0, init_std) truncated at 2 std (Houlsby et al.
+    Fig. 6 sweeps it): the sample std is init_std times the truncated normal's 0.8796."""
+    for std in (1e-4, 1.0):
+        _, params = aj.add_adapters(base, f"houlsby[bottleneck=64,init_weights=houlsby,init_std={std}]",
+                                    rng=jax.random.PRNGKey(0))
+        for k, v in paths(params).items():
+            if k.endswith(("adapter_down/kernel", "adapter_up/kernel")):
+                v = np.asarray(v)
+                assert np.abs(v).max() <= 2 * std * (1 + 1e-6), k
+                assert v.std() == pytest.approx(0.8796 * std, rel=0.03), k
+    with pytest.raises(AdapterConfigError, match="init_std=0.0 must be > 0"):
+        aj.add_adapters(base, "houlsby[init_std=0]")
+
+
 def test_two_named_adapters_coexist(base, batch):
     m1, p1 = aj.add_adapters(base, "houlsby", name="a")
     p1 = randomize(p1, "a", seed=1)

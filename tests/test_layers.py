@@ -43,6 +43,7 @@ RANKS = [
     ("adapters_jax.xla_flags", 7),
     ("adapters_jax.train", 8),
     ("adapters_jax.serve", 8),  # the server: engine + HTTP over the bank, decoding and adapters
+    ("adapters_jax.sweeps", 8.5),  # sweeps: one training process per point (train/), tables and plots
     ("adapters_jax", 9),  # the package's __init__: the public API
 ]
 DATA = "adapters_jax.data"

@@ -1,6 +1,5 @@
 """Multi-task checkpoints: a run killed after a checkpoint and resumed ends bitwise where an uninterrupted run ends
 (the state and the sampler's position), and each task's output continues alone in train/loop.py."""
-import csv
 import shutil
 import sys
 from pathlib import Path
@@ -14,39 +13,13 @@ from safetensors.numpy import load_file
 from adapters_jax.train import loop, multitask
 
 ROOT = Path(__file__).resolve().parents[1]
-FIX = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(ROOT))
 from experiments.configs import base as base_config  # noqa: E402
-
-WORDS = [f"w{i}" for i in range(4, 128)]
-
+from conftest import tiny_word_tasks  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """tiny-roberta (vocab 128) with a 128-word WordPiece vocabulary, and two CSV tasks (2 and 3 labels) whose
-    label is a function of the words."""
-    d = tmp_path_factory.mktemp("tiny")
-    model = d / "model"
-    model.mkdir()
-    for f in ("config.json", "model.safetensors"):
-        shutil.copy(FIX / "tiny-roberta" / f, model / f)
-    (model / "vocab.txt").write_text("\n".join(["[CLS]", "[PAD]", "[SEP]", "[UNK]"] + WORDS) + "\n")
-    (model / "tokenizer_config.json").write_text('{"tokenizer_class": "BertTokenizer", "do_lower_case": true, '
-                                                 '"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", '
-                                                 '"unk_token": "[UNK]", "model_max_length": 32}')
-    g = np.random.default_rng(0)
-    files = []
-    for name, n_labels in (("alpha", 2), ("beta", 3)):
-        path = d / f"{name}.csv"
-        with path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["text", "label", "split"])
-            for split, n in (("train", 40), ("validation", 8), ("test", 8)):
-                for _ in range(n):
-                    ws = g.integers(0, len(WORDS), g.integers(3, 12))
-                    w.writerow([" ".join(WORDS[i] for i in ws), f"l{int(ws[0]) % n_labels}", split])
-        files.append(str(path))
-    return model, files
+    return tiny_word_tasks(tmp_path_factory.mktemp("tiny"), (("alpha", 2), ("beta", 3)))
 
 
 def config(tiny):

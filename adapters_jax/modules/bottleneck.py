@@ -26,10 +26,11 @@ def kaiming_uniform_sqrt5(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def _inits(init_weights: str):
-    """(down kernel init, up kernel init) for AdapterHub's init_weights names (+ our 'zero')."""
+def _inits(init_weights: str, std: float = 1e-2):
+    """(down kernel init, up kernel init) for AdapterHub's init_weights names (+ our 'zero'); `std` is the
+    houlsby init's (AdapterHub fixes it at 1e-2; Houlsby et al. Fig. 6 sweeps it)."""
     normal = nn.initializers.normal(0.02)
-    trunc = nn.initializers.truncated_normal(1e-2)  # truncated at 2 std, as AdapterHub's houlsby init
+    trunc = nn.initializers.truncated_normal(std)  # truncated at 2 std, as AdapterHub's houlsby init
     zeros = nn.initializers.zeros
     return {
         "zero": (normal, zeros),
@@ -53,7 +54,7 @@ class BottleneckAdapter(nn.Module):
     def __call__(self, x_BxTxD, residual_BxTxD, deterministic):
         c = self.config
         d = x_BxTxD.shape[-1]
-        down_init, up_init = _inits(c.init_weights)
+        down_init, up_init = _inits(c.init_weights, c.init_std)
         h = LayerNorm(1e-5, self.dtype, name="adapter_norm_before")(x_BxTxD) if c.ln_before else x_BxTxD
         down_BxTxM = Linear(c.size(d), kernel_init=down_init, dtype=self.dtype, name="adapter_down")(h)
         up_BxTxD = Linear(d, kernel_init=up_init, dtype=self.dtype, name="adapter_up")(activation(c.non_linearity)(down_BxTxM))

@@ -52,14 +52,17 @@ from adapters_jax.train.step import init_state, make_train_step
 from adapters_jax.errors import ConfigError, TrainingError  # noqa: F401  (TrainingError re-exported)
 
 
-def _provenance() -> dict:
-    """The installed library version and this checkout's git commit (None where unknown)."""
+def provenance() -> dict:
+    """The installed library version and this checkout's git commit ("+dirty" with uncommitted changes to
+    tracked files; None where unknown)."""
     out = {"adapters_jax": None, "git_commit": None}
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         out["adapters_jax"] = importlib.metadata.version("adapters_jax")
     with contextlib.suppress(Exception):
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[2],
-                                           capture_output=True, text=True, timeout=5).stdout.strip() or None
+        git = lambda *a: subprocess.run(["git", *a], cwd=Path(__file__).resolve().parents[2],  # noqa: E731
+                                        capture_output=True, text=True, timeout=5).stdout.strip()
+        if commit := git("rev-parse", "HEAD"):
+            out["git_commit"] = commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     return out
 
 
@@ -240,7 +243,7 @@ def run_meta(config, base, task, model) -> dict:
             model.adapters.get(config.adapter_name).methods) if model.adapters.adapters else None,
         "adapter_name": config.adapter_name, "train_rules": [list(r) for r in train_rules(config)],
         "task": task.name, "label_names": list(task.label_names), "seed": config.seed, "model": config.model,
-        "base_fingerprint": base.fingerprint, **_provenance(), "jax": jax.__version__,
+        "base_fingerprint": base.fingerprint, **provenance(), "jax": jax.__version__,
         "config": json.loads(config.to_json()),
     }
 
@@ -403,9 +406,11 @@ def make_report(r: Run, fns: Compiled, p: Progress, wall_s: float) -> dict:
     }
 
 
-def final_trainable(workdir: str | Path, config) -> dict:
-    """The trainable params of a run's latest checkpoint (for tests and analysis)."""
-    _, _, _, params, labels = build(config)
+def final_trainable(workdir: str | Path, config, params=None, labels=None) -> dict:
+    """The trainable params of a run's latest checkpoint (for tests and analysis); `params` and `labels`
+    (from build(config)) when the caller has them already."""
+    if params is None:
+        _, _, _, params, labels = build(config)
     trainable, _ = split(params, labels)
     trainable_labels, _ = split(labels, labels)
     state = init_state(trainable, opt_lib.from_config(config.optimizer, trainable_labels, 10), config.seed)

@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from adapters_jax import bank, paths
 from adapters_jax import checkpoint as ckpt_lib
@@ -291,8 +290,7 @@ def run(config, workdir: str | Path, resume: bool = False) -> dict:
     the latest one bitwise (the state and the sampler's position)."""
     t0 = time.time()
     workdir = Path(workdir)
-    ckpt_dir = workdir / "checkpoints"
-    done = sorted(ocp.path.step.checkpoint_steps(ckpt_dir)) if ckpt_dir.is_dir() else []  # finalized steps only
+    done = ckpt_lib.finished_steps(workdir)
     if done and not resume:  # refused before anything loads
         raise TrainingError(f"{workdir / 'checkpoints'} already holds checkpoints (latest step {done[-1]}); "
                             "pass --resume to continue, or choose another --workdir")

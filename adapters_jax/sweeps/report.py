@@ -1,0 +1,227 @@
+"""From a sweep's results table to its page: statistics over seeds, a markdown table, the figure.
+
+    page = write_report("experiments/results/init_scale")     # README.md, init_scale.png/.svg beside the table
+
+What the page shows comes from the config's REPORT dict (all keys optional):
+    title        the page's heading
+    metric       the row metric to aggregate (default "test_accuracy"); percent=True shows it x100
+    x, series    factor keys for the figure's x axis and its lines (default: the first non-seed factor)
+    xscale       "log" | "linear" | "category"
+    heatmap      (x, y): a grid of means instead of lines (Houlsby et al. Fig. 6's layer spans)
+    baseline     {factor: value}: paired differences (same seed) of every point against this one
+    paper        the citation of the figure or table being reproduced
+    paper_values {x: value}: the paper's numbers, drawn beside ours where they exist
+
+Statistics per point (rows grouped by every factor but the seed): n, mean, sample standard deviation and
+the 95% interval of the mean (Student's t with n-1 degrees of freedom). The noise floor printed on the
+page: the test set's binomial sampling error at the mean accuracy, and the median seed spread. The
+config's docstring (command, budget) and a hand-written notes.md (the verdict) go on the page as written.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from adapters_jax.errors import ConfigError
+from adapters_jax.sweeps import grid
+from adapters_jax.sweeps.runner import ROOT, read_rows
+
+
+def t95(n: int) -> float:
+    """The two-sided 95% Student t quantile for n samples (n-1 degrees of freedom); nan for n < 2."""
+    if n < 2:
+        return float("nan")
+    from scipy import stats  # a JAX dependency
+
+    return float(stats.t.ppf(0.975, n - 1))
+
+
+def summarize(values: list[float]) -> dict:
+    n = len(values)
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if n > 1 else float("nan")
+    return {"n": n, "mean": mean, "sd": sd, "ci95": t95(n) * sd / math.sqrt(n) if n > 1 else float("nan")}
+
+
+def _key(factors: dict, drop=("seed",)) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in factors.items() if k.rsplit(".", 1)[-1] not in drop))
+
+
+def aggregate(rows: list[dict], metric: str) -> list[dict]:
+    """One entry per point (factors without the seed): its factors, the per-seed values and summarize()."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if metric in r["metrics"]:
+            groups[_key(r["factors"])].append(r)
+    out = []
+    for rs in groups.values():
+        factors = {k: v for k, v in rs[0]["factors"].items() if k.rsplit(".", 1)[-1] != "seed"}
+        values = {r["seed"]: r["metrics"][metric] for r in rs}
+        out.append({"factors": factors, "values": values, **summarize(list(values.values()))})
+    return out
+
+
+def paired(points: list[dict], baseline: dict) -> None:
+    """Adds "diff" (summarize() of point - baseline over the seeds both have) to each point, in place."""
+    base = [p for p in points if all(p["factors"].get(k) == v for k, v in baseline.items())]
+    if len(base) != 1:
+        raise ConfigError(f"REPORT baseline {baseline} matches {len(base)} points; it must match one")
+    for p in points:
+        seeds = sorted(set(p["values"]) & set(base[0]["values"]))
+        if seeds:
+            p["diff"] = summarize([p["values"][s] - base[0]["values"][s] for s in seeds])
+
+
+def noise_floor(rows: list[dict], points: list[dict], metric: str) -> dict:
+    """Test-set sampling error (binomial, at the mean of the points) and the median seed spread."""
+    out = {"seed_sd": statistics.median([p["sd"] for p in points if p["n"] > 1] or [float("nan")])}
+    n_test = next((r.get("split_counts", {}).get("test") for r in rows if r.get("split_counts")), None)
+    if metric.endswith("accuracy") and n_test:
+        p = statistics.fmean(pt["mean"] for pt in points)
+        out.update(n_test=n_test, sampling_se=math.sqrt(p * (1 - p) / n_test))
+    return out
+
+
+def _fmt(v, scale):
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v * scale:.2f}"
+
+
+def _factor_text(v) -> str:
+    return v if isinstance(v, str) else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def table(points: list[dict], scale: float) -> str:
+    keys = sorted({k for p in points for k in p["factors"]})
+    has_diff = any("diff" in p for p in points)
+    head = [k.rsplit(".", 1)[-1] for k in keys] + ["n", "mean", "sd", "95% CI"] + (
+        ["paired diff", "diff 95% CI"] if has_diff else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in points:
+        cells = [_factor_text(p["factors"].get(k, "")) for k in keys]
+        cells += [str(p["n"]), _fmt(p["mean"], scale), _fmt(p["sd"], scale), "±" + _fmt(p["ci95"], scale)]
+        if has_diff:
+            d = p.get("diff")
+            cells += [_fmt(d and d["mean"], scale), "±" + _fmt(d and d["ci95"], scale)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _sort_key(v):
+    return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
+
+
+def plot(points: list[dict], spec: dict, scale: float, out_stem: Path) -> list[Path]:
+    """The figure as PNG and SVG: lines with 95% intervals, or a heatmap of means."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = spec.get("metric", "test_accuracy")
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    if "heatmap" in spec:
+        kx, ky = spec["heatmap"]
+        num = (int, float)
+        points = [p for p in points if isinstance(p["factors"].get(kx), num) and isinstance(p["factors"].get(ky), num)]
+        xs = sorted({p["factors"][kx] for p in points}, key=_sort_key)
+        ys = sorted({p["factors"][ky] for p in points}, key=_sort_key)
+        grid_ = [[math.nan] * len(xs) for _ in ys]
+        for p in points:
+            grid_[ys.index(p["factors"][ky])][xs.index(p["factors"][kx])] = p["mean"] * scale
+        im = ax.imshow(grid_, origin="lower", cmap="viridis")
+        for i, row in enumerate(grid_):
+            for j, v in enumerate(row):
+                if not math.isnan(v):
+                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="w")
+        ax.set_xticks(range(len(xs)), [_factor_text(x) for x in xs])
+        ax.set_yticks(range(len(ys)), [_factor_text(y) for y in ys])
+        ax.set_xlabel(kx.rsplit(".", 1)[-1])
+        ax.set_ylabel(ky.rsplit(".", 1)[-1])
+        fig.colorbar(im, ax=ax, label=metric)
+    else:
+        kx = spec.get("x") or next(iter(points[0]["factors"]))
+        ks = spec.get("series")
+        series = defaultdict(list)
+        for p in points:
+            series[_factor_text(p["factors"].get(ks, "")) if ks else ""].append(p)
+        for name, ps in series.items():
+            ps = sorted(ps, key=lambda p: _sort_key(p["factors"][kx]))
+            xs = [p["factors"][kx] if spec.get("xscale") != "category" else _factor_text(p["factors"][kx])
+                  for p in ps]
+            ax.errorbar(xs, [p["mean"] * scale for p in ps], yerr=[p["ci95"] * scale if p["n"] > 1 else 0 for p in ps],
+                        marker="o", capsize=3, label=name or "ours (mean, 95% CI)")
+        if spec.get("paper_values"):
+            pv = sorted(spec["paper_values"].items(), key=lambda kv: _sort_key(kv[0]))
+            ax.plot([k for k, _ in pv], [v for _, v in pv], "k--", marker="x", label="paper")
+        if spec.get("xscale") in ("log", "linear"):
+            ax.set_xscale(spec["xscale"])
+        ax.set_xlabel(kx.rsplit(".", 1)[-1])
+        ax.set_ylabel(metric + (" (%)" if scale == 100 else ""))
+        if ks or spec.get("paper_values"):
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    ax.set_title(spec.get("title", out_stem.name), fontsize=10)
+    fig.tight_layout()
+    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]
+    for p in paths:
+        fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_report(results: str | Path, config_path: str | Path | None = None) -> Path:
+    """Write RESULTS_DIR/README.md and the figure for a results table (a .jsonl file or the directory
+    holding results.jsonl); the config is the one the rows name unless `config_path` is given."""
+    results = Path(results)
+    table_path = results / "results.jsonl" if results.is_dir() else results
+    rows = read_rows(table_path)
+    if not rows:
+        raise ConfigError(f"{table_path} holds no rows; run the sweep first (scripts/sweep.py)")
+    name = rows[0]["sweep"]
+    config_path = Path(config_path) if config_path else next(
+        (p for p in (ROOT / "experiments").rglob(f"{name}.py")), None)
+    if config_path is None:
+        raise ConfigError(f"no experiments/**/{name}.py for the sweep {name!r}; pass the config file")
+    module = grid.load_module(config_path)
+    spec = dict(getattr(module, "REPORT", {}))
+    metric = spec.get("metric", "test_accuracy")
+    scale = 100.0 if spec.get("percent", metric.endswith("accuracy")) else 1.0
+    points = aggregate(rows, metric)
+    if not points:
+        raise ConfigError(f"no row of {table_path} has the metric {metric!r}")
+    points.sort(key=lambda p: tuple(_sort_key(p["factors"][k]) for k in sorted(p["factors"])))
+    if spec.get("baseline"):
+        paired(points, spec["baseline"])
+    out_dir = table_path.parent
+    figs = plot(points, spec, scale, out_dir / name)
+    floor = noise_floor(rows, points, metric)
+    try:
+        rel = config_path.resolve().relative_to(ROOT)
+    except ValueError:
+        rel = config_path
+    commits = sorted({r.get("commit") or "?" for r in rows})
+    lines = [f"# {spec.get('title', name)}", "", (module.__doc__ or "").strip(), "",
+             f"Config: `{rel}`. Rerun: `python scripts/sweep.py --config {rel}` then "
+             f"`python scripts/report.py {out_dir.relative_to(ROOT) if out_dir.is_relative_to(ROOT) else out_dir}`.",
+             "", f"## Result: {metric}" + (" (%)" if scale == 100 else ""), "", table(points, scale), "",
+             f"![{name}]({figs[0].name})", ""]
+    nf = [f"median seed standard deviation {_fmt(floor['seed_sd'], scale)}"]
+    if "sampling_se" in floor:
+        nf.insert(0, f"test-set sampling error ±{_fmt(floor['sampling_se'], scale)} (one binomial standard error "
+                     f"at the mean accuracy over {floor['n_test']} test examples; 95%: "
+                     f"±{_fmt(1.96 * floor['sampling_se'], scale)})")
+    lines += ["Noise floor: " + "; ".join(nf) + ".", ""]
+    if spec.get("paper"):
+        lines += [f"Paper: {spec['paper']}", ""]
+    if (out_dir / "notes.md").exists():
+        lines += ["## What we see", "", (out_dir / "notes.md").read_text().strip(), ""]
+    train_h = sum(r.get("train_s", 0) for r in rows if r.get("variant") is None) / 3600
+    lines += [f"Runs: {len({r['point'] for r in rows})} points x seeds = "
+              f"{sum(1 for r in rows if r.get('variant') is None)} training runs ({train_h:.2f} h of training "
+              f"steps) on {', '.join(sorted({r.get('host', '?') for r in rows}))}; commit(s) {', '.join(commits)}; "
+              f"table `{table_path.name}`.", ""]
+    page = out_dir / "README.md"
+    page.write_text("\n".join(lines))
+    return page

@@ -59,7 +59,8 @@ def aggregate(rows: list[dict], metric: str) -> list[dict]:
     for rs in groups.values():
         factors = {k: v for k, v in rs[0]["factors"].items() if k.rsplit(".", 1)[-1] != "seed"}
         values = {r["seed"]: r["metrics"][metric] for r in rs}
-        out.append({"factors": factors, "values": values, **summarize(list(values.values()))})
+        out.append({"factors": factors, "values": values, "trainable_params": rs[0].get("trainable_params"),
+                    "trainable_share": rs[0].get("trainable_share"), **summarize(list(values.values()))})
     return out
 
 
@@ -95,12 +96,13 @@ def _factor_text(v) -> str:
 def table(points: list[dict], scale: float) -> str:
     keys = sorted({k for p in points for k in p["factors"]})
     has_diff = any("diff" in p for p in points)
-    head = [k.rsplit(".", 1)[-1] for k in keys] + ["n", "mean", "sd", "95% CI"] + (
+    head = [k.rsplit(".", 1)[-1] for k in keys] + ["trainable (%)", "n", "mean", "sd", "95% CI"] + (
         ["paired diff", "diff 95% CI"] if has_diff else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in points:
         cells = [_factor_text(p["factors"].get(k, "")) for k in keys]
-        cells += [str(p["n"]), _fmt(p["mean"], scale), _fmt(p["sd"], scale), "±" + _fmt(p["ci95"], scale)]
+        share = p.get("trainable_share")
+        cells += ["—" if share is None else f"{p['trainable_params']:,} ({share:.2f})", str(p["n"]), _fmt(p["mean"], scale), _fmt(p["sd"], scale), "±" + _fmt(p["ci95"], scale)]
         if has_diff:
             d = p.get("diff")
             cells += [_fmt(d and d["mean"], scale), "±" + _fmt(d and d["ci95"], scale)]
@@ -131,10 +133,12 @@ def plot(points: list[dict], spec: dict, scale: float, out_stem: Path) -> list[P
         for p in points:
             grid_[ys.index(p["factors"][ky])][xs.index(p["factors"][kx])] = p["mean"] * scale
         im = ax.imshow(grid_, origin="lower", cmap="viridis")
+        lo, hi = im.get_clim()
         for i, row in enumerate(grid_):
             for j, v in enumerate(row):
                 if not math.isnan(v):
-                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="w")
+                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
+                            color="k" if v > (lo + hi) / 2 else "w")
         ax.set_xticks(range(len(xs)), [_factor_text(x) for x in xs])
         ax.set_yticks(range(len(ys)), [_factor_text(y) for y in ys])
         ax.set_xlabel(kx.rsplit(".", 1)[-1])
@@ -142,16 +146,19 @@ def plot(points: list[dict], spec: dict, scale: float, out_stem: Path) -> list[P
         fig.colorbar(im, ax=ax, label=metric)
     else:
         kx = spec.get("x") or next(iter(points[0]["factors"]))
-        ks = spec.get("series")
+        ks, kl = spec.get("series"), spec.get("label")
+        xof = lambda p: p["factors"][kx] if kx in p["factors"] else p[kx]  # noqa: E731  (a factor or a row field)
         series = defaultdict(list)
         for p in points:
             series[_factor_text(p["factors"].get(ks, "")) if ks else ""].append(p)
         for name, ps in series.items():
-            ps = sorted(ps, key=lambda p: _sort_key(p["factors"][kx]))
-            xs = [p["factors"][kx] if spec.get("xscale") != "category" else _factor_text(p["factors"][kx])
-                  for p in ps]
+            ps = sorted(ps, key=lambda p: _sort_key(xof(p)))
+            xs = [xof(p) if spec.get("xscale") != "category" else _factor_text(xof(p)) for p in ps]
             ax.errorbar(xs, [p["mean"] * scale for p in ps], yerr=[p["ci95"] * scale if p["n"] > 1 else 0 for p in ps],
-                        marker="o", capsize=3, label=name or "ours (mean, 95% CI)")
+                        marker="o", capsize=3, label=name or "ours (mean, 95% CI)", linestyle="none" if kl else "-")
+            for p, x in zip(ps, xs) if kl else ():
+                ax.annotate(_factor_text(p["factors"][kl]), (x, p["mean"] * scale), fontsize=7,
+                            textcoords="offset points", xytext=(4, -10))
         if spec.get("paper_values"):
             pv = sorted(spec["paper_values"].items(), key=lambda kv: _sort_key(kv[0]))
             ax.plot([k for k, _ in pv], [v for _, v in pv], "k--", marker="x", label="paper")

@@ -34,6 +34,7 @@ from adapters_jax.partition import split
 from adapters_jax.train import loop
 from adapters_jax.train import optimizer as opt_lib
 from adapters_jax.train.step import init_state, make_train_step
+from conftest import tiny_word_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = Path(__file__).parent / "fixtures"
@@ -174,16 +175,31 @@ def small_config(csv_path, **over):
     return c
 
 
+def tiny_config(tiny_task, **over):
+    """small_config on tiny-roberta with a word-rule CSV task (conftest.tiny_word_tasks): for tests of the
+    loop's control flow (signals, NaN), where MiniLM's size adds only time."""
+    model, (task,) = tiny_task
+    c = small_config(task, **over)
+    c.model, c.max_length, c.buckets, c.batch_size, c.eval_batch_size = str(model), 16, (16,), 8, 8
+    c.task_kwargs.text_column, c.task_kwargs.label_column, c.task_kwargs.split_column = "text", "label", "split"
+    c.adapter = "houlsby[bottleneck=8]"
+    return c
+
+
+@pytest.fixture(scope="module")
+def tiny_task(tmp_path_factory):
+    return tiny_word_tasks(tmp_path_factory.mktemp("tiny"), (("words", 2),))
+
+
 def cli_args(config) -> list[str]:
-    """--config.key=value flags that reproduce `config` from the base file (only what small_config sets)."""
-    flat = {"task": config.task, "max_length": config.max_length, "batch_size": config.batch_size,
-            "eval_batch_size": config.eval_batch_size, "max_steps": config.max_steps,
+    """--config.key=value flags that reproduce `config` from the base file (what small_config and tiny_config
+    set)."""
+    flat = {"model": config.model, "adapter": config.adapter, "task": config.task, "max_length": config.max_length,
+            "batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size, "max_steps": config.max_steps,
             "checkpoint.every": config.checkpoint.every, "eval_every": config.eval_every, "progress": False,
-            "log_every": 1}
-    args = [f"--config.{k}={v}" for k, v in flat.items()]
-    args += ["--config.buckets=(64,)", "--config.task_kwargs.text_column=review",
-             "--config.task_kwargs.label_column=sentiment", "--config.task_kwargs.split_column=part"]
-    return args
+            "log_every": 1, "buckets": f"({config.buckets[0]},)",
+            **{f"task_kwargs.{k}": config.task_kwargs[k] for k in ("text_column", "label_column", "split_column")}}
+    return [f"--config.{k}={v}" for k, v in flat.items()]
 
 
 def train_cmd(workdir, config, *extra) -> list[str]:
@@ -331,8 +347,8 @@ def test_write_json_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["best.json"]
 
 
-def test_sigterm_saves_and_exits_cleanly(csv_task, tmp_path):
-    cfg = small_config(csv_task, max_steps=400, **{"checkpoint.every": 0})
+def test_sigterm_saves_and_exits_cleanly(tiny_task, tmp_path):
+    cfg = tiny_config(tiny_task, max_steps=100_000, **{"checkpoint.every": 0})
     wd = tmp_path / "term"
     proc = subprocess.Popen(train_cmd(wd, cfg), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     metrics = wd / "metrics.jsonl"
@@ -345,7 +361,7 @@ def test_sigterm_saves_and_exits_cleanly(csv_task, tmp_path):
     m = re.search(r"SIGTERM: saved step (\d+)", out)
     assert m, out[-2000:]
     assert (wd / "checkpoints" / m.group(1) / "state").is_dir()
-    assert 3 <= int(m.group(1)) < 400
+    assert 3 <= int(m.group(1)) < 100_000
 
 
 def dir_digest(d: Path) -> str:
@@ -357,8 +373,8 @@ def dir_digest(d: Path) -> str:
     return h.hexdigest()
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(csv_task, tmp_path):
-    cfg = small_config(csv_task, **{"optimizer.lr": 1e30, "optimizer.clip_norm": 0.0, "optimizer.warmup": 0.0,
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_task, tmp_path):
+    cfg = tiny_config(tiny_task, **{"optimizer.lr": 1e30, "optimizer.clip_norm": 0.0, "optimizer.warmup": 0.0,
                                     "checkpoint.every": 1, "checkpoint.async_save": False})
     with pytest.raises(loop.TrainingError, match=r"loss is (nan|inf) at step (\d+); stopping. The last good checkpoint "
                                                  r"\(step (\d+)\) is kept"):

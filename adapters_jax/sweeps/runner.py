@@ -83,6 +83,7 @@ def run_point(config_path: str | Path, point: str, workdir: str | Path) -> list[
     if point not in pts:
         raise ConfigError(f"{config_path} has no sweep point {point!r}; its points: {sorted(pts)}")
     config = grid.config_for(module, pts[point])
+    config.progress = False  # the log is a file: no progress bar in it
     xla_flags.apply_for(config.model)  # before the first JAX computation in this process
     from adapters_jax.train import loop  # noqa: E402  (JAX computes only after the flags are set)
 

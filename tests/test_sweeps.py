@@ -137,7 +137,8 @@ def test_local_sweep_skip_resume_ray_and_report(sweep_config, tmp_path):
     port = 26379
     env_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     start = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                            "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+                            "--num-cpus=2", "--object-store-memory=100000000", "--include-dashboard=false",
+                            "--disable-usage-stats",
                             f"--temp-dir={env_dir}"], capture_output=True, text=True)
     assert start.returncode == 0, start.stderr[-2000:]
     try:

@@ -7,7 +7,7 @@ and never changes the model: every slot of the serving model carries the same
 placeholder config, so its static LoRA scaling is the same for all slots, and a
 member's own scaling is folded into its `lora_B` (exact when the scalings agree,
 one rounding otherwise). The fold is what keeps adapters of different alpha/r on
-one compiled step: configs.Bank compares the slots' scalings, so bank.write of an
+one compiled step: adapter_setup.Bank compares the slots' scalings, so bank.write of an
 adapter with the same scaling keeps the model (and its compiled steps), one with
 another scaling would not.
 """

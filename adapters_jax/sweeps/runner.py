@@ -35,6 +35,7 @@ from adapters_jax import checkpoint as ckpt_lib
 from adapters_jax import xla_flags
 from adapters_jax.errors import ConfigError
 from adapters_jax.sweeps import grid
+from adapters_jax.train import records
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "sweep.py"
@@ -96,7 +97,8 @@ def run_point(config_path: str | Path, point: str, workdir: str | Path) -> list[
         "sweep": Path(config_path).stem, "point": point, "seed": config.seed, "model": config.model,
         "task": report["task"], "adapter": report["adapter"], "trainable_params": report["trainable_params"],
         "trainable_share": report["trainable_share"], "steps": report["steps"], "train_s": report["train_s"],
-        "wall_s": report["wall_s"], "split_counts": report["split_counts"], "commit": loop.provenance()["git_commit"],
+        "wall_s": report["wall_s"], "split_counts": report["split_counts"],
+        "commit": records.provenance()["git_commit"],
         "host": platform.node(),
     }
     rows = [{**common, "factors": dict(pts[point]), "variant": None, "metrics": _number_metrics(report)}]

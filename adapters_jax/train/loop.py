@@ -10,26 +10,20 @@ compile_s), so the steady state never recompiles and train_s is pure stepping.
 
 Per run directory: checkpoints/ (Orbax, adapter-only, each with the best
 evaluation so far), best.json, metrics.jsonl, tb/ (TensorBoard events),
-report.json (which also records the data split rule and the XLA flags).
+report.json (which also records the data split rule and the XLA flags); train/records.py writes the
+metadata and the metrics log.
 
 config.strategy picks where the state lives (train/parallel.py): "single"
 (default), "pmap" or "mesh". On several hosts each process runs this same loop
 on its slice of every global batch; process 0 writes the logs and the report,
 and a preemption stops every host at the same step, which they all save.
 """
-# Over 400 lines by a few: the run's stages (prepare, compile, train, evaluate, save, report) read in
-# order here; pad_token_id and load_task are the candidates to move out next.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
-import importlib.metadata
-import json
 import math
-import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +34,6 @@ import jax.numpy as jnp
 from adapters_jax import checkpoint as ckpt_lib
 from adapters_jax import xla_flags
 from adapters_jax.adapters import adapter_drop, add_adapters
-from adapters_jax.configs import to_string
 from adapters_jax.data import tasks
 from adapters_jax.data.batching import Batches
 from adapters_jax.models import load, release_host_memory
@@ -48,29 +41,9 @@ from adapters_jax.partition import labels as make_labels, param_report, split
 from adapters_jax.train import kinds
 from adapters_jax.train import optimizer as opt_lib
 from adapters_jax.train import parallel
+from adapters_jax.train.records import open_log, run_meta, train_rules
 from adapters_jax.train.step import init_state, make_train_step
 from adapters_jax.errors import ConfigError, TrainingError  # noqa: F401  (TrainingError re-exported)
-
-
-def provenance() -> dict:
-    """The installed library version and this checkout's git commit ("+dirty" with uncommitted changes to
-    tracked files; None where unknown)."""
-    out = {"adapters_jax": None, "git_commit": None}
-    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-        out["adapters_jax"] = importlib.metadata.version("adapters_jax")
-    with contextlib.suppress(Exception):
-        git = lambda *a: subprocess.run(["git", *a], cwd=Path(__file__).resolve().parents[2],  # noqa: E731
-                                        capture_output=True, text=True, timeout=5).stdout.strip()
-        if commit := git("rev-parse", "HEAD"):
-            out["git_commit"] = commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-    return out
-
-
-def train_rules(config) -> list[tuple[str, str]]:
-    rules = [tuple(r) for r in config.train_rules]
-    if config.full_finetune:
-        rules.append((r".*", "base"))
-    return rules
 
 
 def build(config):
@@ -236,18 +209,6 @@ def check_batch_sizes(config, strategy) -> None:
                                 "choose a multiple")
 
 
-def run_meta(config, base, task, model) -> dict:
-    """What every checkpoint records about the run (checkpoint.MUST_MATCH says which keys a resume checks)."""
-    return {
-        "adapter": config.adapter, "adapter_setup": to_string(
-            model.adapters.get(config.adapter_name).methods) if model.adapters.adapters else None,
-        "adapter_name": config.adapter_name, "train_rules": [list(r) for r in train_rules(config)],
-        "task": task.name, "label_names": list(task.label_names), "seed": config.seed, "model": config.model,
-        "base_fingerprint": base.fingerprint, **provenance(), "jax": jax.__version__,
-        "config": json.loads(config.to_json()),
-    }
-
-
 def resume_or_refuse(r: Run, state: dict, resume: bool) -> tuple[dict, dict]:
     """(state, best so far): the latest checkpoint's if `resume`, else the fresh state, refusing a used workdir."""
     if not resume:
@@ -279,26 +240,6 @@ def compile_steps(r: Run, state: dict) -> Compiled:
     print(f"compiled {len(train_fns)} train and {len(eval_fns)} eval shapes in {fns.seconds:.1f}s", flush=True)
     release_host_memory()  # the loader's and compiler's freed heap, before the steps' buffers come on top
     return fns
-
-
-@contextlib.contextmanager
-def open_log(workdir: Path, primary: bool):
-    """log(kind, step, values) into metrics.jsonl and TensorBoard scalars; only process 0 writes to disk."""
-    from tensorboardX import SummaryWriter
-
-    tb = SummaryWriter(str(workdir / "tb"), write_to_disk=primary)
-    with (workdir / "metrics.jsonl").open("a") if primary else open(os.devnull, "w") as f:
-        def log(kind: str, step: int, values: dict):
-            f.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
-            f.flush()
-            for k, v in values.items():
-                if isinstance(v, (int, float)):
-                    tb.add_scalar(f"{kind}/{k}", v, step)
-
-        try:
-            yield log
-        finally:
-            tb.close()
 
 
 def train(r: Run, fns: Compiled, state: dict, best: dict, log) -> tuple[dict, Progress]:

@@ -40,7 +40,7 @@ from adapters_jax.configs import to_string
 from adapters_jax.partition import labels as make_labels, merge, param_report, split
 from adapters_jax.train import loop
 from adapters_jax.train import optimizer as opt_lib
-from adapters_jax.train import parallel
+from adapters_jax.train import parallel, records
 from adapters_jax.train import step as step_lib
 
 SAMPLING = ("proportional", "temperature", "uniform")
@@ -266,7 +266,7 @@ def save_task(model, state, frozen, slot: int, task, config, base, out: Path) ->
     one.tasks, one.task = [], task.name
     if config.adapter_name != "adapter":  # the run directory's state names the adapter as train/loop.py does
         m, _, single = slot_state(model, state, frozen, slot, task.num_labels, config, name=config.adapter_name)
-    meta = loop.run_meta(one, base, task, m)
+    meta = records.run_meta(one, base, task, m)
     c = ckpt_lib.Checkpointer(out, meta, keep=1, best_metric=None, async_save=False)
     try:
         c.save(single, {"seed": config.seed, "epoch": 0, "step": 0})
@@ -277,7 +277,7 @@ def save_task(model, state, frozen, slot: int, task, config, base, out: Path) ->
 def run_meta(config, base, tasks, model) -> dict:
     """What each multi-task checkpoint records (checkpoint.MUST_MATCH: adapter, adapter_setup, task, base)."""
     return {"adapter": config.adapter, "adapter_setup": to_string(model.adapters.bank.methods),
-            "task": [t.name for t in tasks], "train_rules": [list(r) for r in loop.train_rules(config)],
+            "task": [t.name for t in tasks], "train_rules": [list(r) for r in records.train_rules(config)],
             "base_fingerprint": base.fingerprint, "seed": config.seed, "model": config.model,
             "jax": jax.__version__, "config": json.loads(config.to_json())}
 

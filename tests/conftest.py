@@ -19,6 +19,17 @@ from adapters_jax.data import assets
 DEFAULT_CACHE = assets.cache_root()
 
 
+# The slowest files first (measured with --durations): `make test` hands whole files to two workers
+# (--dist loadfile) in collection order, so a long file collected last would leave one worker idle at the end.
+SLOW_FIRST = ("test_parallel.py", "test_train.py", "test_generate.py", "test_bank.py", "test_multitask.py",
+              "test_lm_train.py", "test_serve.py", "test_sweeps.py", "test_golden.py", "test_adapter_drop.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
+
+
 @functools.cache
 def _fetch(name: str):
     with mock.patch.dict(os.environ, {"ADAPTERS_JAX_CACHE": str(DEFAULT_CACHE)}):

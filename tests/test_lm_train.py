@@ -115,6 +115,7 @@ def test_a_prompt_response_file_trains_as_instruct_with_its_responses_verbatim(t
     c.task_kwargs.split_column, c.task_kwargs.label_names = None, None
     c.task_kwargs.text_column, c.task_kwargs.response_column = "prompt", "response"
     c.instruct.prompt_template, c.instruct.response_template, c.instruct.response_names = "{text}", "{label}", []
+    c.instruct.max_distinct = 1  # no exact-match generation: this test is about the encoding (generation: above)
     rep = loop.run(c, tmp_path / "run")
     assert rep["completed"] and rep["task_kind"] == "instruct"
     r = loop.prepare(c, tmp_path / "again")[0]

@@ -114,6 +114,7 @@ def test_local_sweep_skip_resume_ray_and_report(sweep_config, tmp_path):
         assert zeroed["metrics"]["test_loss"] != none["metrics"]["test_loss"]
         assert zeroed["factors"] == {**main["factors"], "removed": "zeroed"}
         assert main["commit"] and main["split_counts"]["test"] == 8
+        assert 100 < main["peak_host_mb"] < 24_000 and main["peak_device_mb"] is None  # a CPU process
     # a rerun skips the finished points and leaves the table as it was
     before = table.read_text()
     assert runner.run_sweep(sweep_config, work, table, log=lambda *a: None)["skipped"] == 2
@@ -159,10 +160,12 @@ def test_local_sweep_skip_resume_ray_and_report(sweep_config, tmp_path):
     page = report.write_report(table.parent, sweep_config)
     text = page.read_text()
     assert (table.parent / "tiny_sweep.png").stat().st_size > 0 and (table.parent / "tiny_sweep.svg").exists()
-    assert "| adapter | removed | trainable (%) | n | mean | sd | 95% CI |" in text and "Paper: none (a test)" in text
+    assert "| adapter | removed | trainable (%) | peak RSS MB | n | mean | sd | 95% CI |" in text
+    assert "Paper: none (a test)" in text
     acc = by[(IDS[0], None)]["metrics"]["test_accuracy"] * 100
     share = f"{by[(IDS[0], None)]['trainable_params']:,} ({by[(IDS[0], None)]['trainable_share']:.2f})"
-    assert f"| lora[r=2] |  | {share} | 1 | {acc:.2f} | — | ±— |" in text
+    peak = max(r["peak_host_mb"] for r in rows if r["point"] == IDS[0])
+    assert f"| lora[r=2] |  | {share} | {peak:,.0f} | 1 | {acc:.2f} | — | ±— |" in text
 
 
 def test_statistics():

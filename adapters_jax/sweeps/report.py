@@ -59,8 +59,10 @@ def aggregate(rows: list[dict], metric: str) -> list[dict]:
     for rs in groups.values():
         factors = {k: v for k, v in rs[0]["factors"].items() if k.rsplit(".", 1)[-1] != "seed"}
         values = {r["seed"]: r["metrics"][metric] for r in rs}
+        peaks = [r["peak_host_mb"] for r in rs if r.get("peak_host_mb")]
         out.append({"factors": factors, "values": values, "trainable_params": rs[0].get("trainable_params"),
-                    "trainable_share": rs[0].get("trainable_share"), **summarize(list(values.values()))})
+                    "trainable_share": rs[0].get("trainable_share"), "peak_host_mb": max(peaks) if peaks else None,
+                    **summarize(list(values.values()))})
     return out
 
 
@@ -96,13 +98,16 @@ def _factor_text(v) -> str:
 def table(points: list[dict], scale: float) -> str:
     keys = sorted({k for p in points for k in p["factors"]})
     has_diff = any("diff" in p for p in points)
-    head = [k.rsplit(".", 1)[-1] for k in keys] + ["trainable (%)", "n", "mean", "sd", "95% CI"] + (
-        ["paired diff", "diff 95% CI"] if has_diff else [])
+    has_peak = any(p.get("peak_host_mb") for p in points)
+    head = [k.rsplit(".", 1)[-1] for k in keys] + ["trainable (%)"] + (["peak RSS MB"] if has_peak else []) + [
+        "n", "mean", "sd", "95% CI"] + (["paired diff", "diff 95% CI"] if has_diff else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in points:
         cells = [_factor_text(p["factors"].get(k, "")) for k in keys]
         share = p.get("trainable_share")
-        cells += ["—" if share is None else f"{p['trainable_params']:,} ({share:.2f})", str(p["n"]), _fmt(p["mean"], scale), _fmt(p["sd"], scale), "±" + _fmt(p["ci95"], scale)]
+        cells += ["—" if share is None else f"{p['trainable_params']:,} ({share:.2f})"]
+        cells += [f"{p['peak_host_mb']:,.0f}" if p.get("peak_host_mb") else "—"] if has_peak else []
+        cells += [str(p["n"]), _fmt(p["mean"], scale), _fmt(p["sd"], scale), "±" + _fmt(p["ci95"], scale)]
         if has_diff:
             d = p.get("diff")
             cells += [_fmt(d and d["mean"], scale), "±" + _fmt(d and d["ci95"], scale)]

@@ -17,7 +17,7 @@ node must hold this repository, its virtual environment and the assets at the sa
 
 A row: sweep, point, factors (the point's overrides, plus a variant's own for rows from the config's
 `evaluate`), variant, seed, metrics (test_/val_ numbers), trainable params and share, steps, times,
-split counts, the commit, the host and when it finished.
+split counts, peak host (and accelerator) memory, the commit, the host and when it finished.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import threading
@@ -106,9 +107,21 @@ def run_point(config_path: str | Path, point: str, workdir: str | Path) -> list[
         rows.append({**common, "factors": {**pts[point], **extra["factors"]}, "variant": extra["variant"],
                      "metrics": extra["metrics"]})
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    rows = [{**r, "finished": stamp} for r in rows]
+    rows = [{**r, **peak_memory(), "finished": stamp} for r in rows]
     ckpt_lib.write_json(run_dir / "rows.json", rows)
     return rows
+
+
+def peak_memory() -> dict:
+    """This process's peak resident memory, and the accelerator's peak bytes in use where it reports them
+    (None on the CPU). A point is a process of its own, so these are the point's peaks (and, after its
+    evaluations, those of the evaluations too)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return {"peak_host_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_device_mb": None if peak is None else peak / 2**20}
 
 
 def point_command(config_path: Path, point: str, workdir: Path) -> list[str]:

@@ -99,7 +99,7 @@ def run_point(config_path: str | Path, point: str, workdir: str | Path) -> list[
         "task": report["task"], "adapter": report["adapter"], "trainable_params": report["trainable_params"],
         "trainable_share": report["trainable_share"], "steps": report["steps"], "train_s": report["train_s"],
         "wall_s": report["wall_s"], "split_counts": report["split_counts"],
-        "commit": records.provenance()["git_commit"],
+        "commit": records.provenance()["git_commit"], "versions": report.get("versions") or records.versions(),
         "host": platform.node(),
     }
     rows = [{**common, "factors": dict(pts[point]), "variant": None, "metrics": _number_metrics(report)}]

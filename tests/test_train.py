@@ -239,6 +239,7 @@ def test_report_and_metrics(uninterrupted):
     assert report["xla_flags"]["model"] == "minilm-l6" and report["xla_flags"]["family"] == "encoder"
     assert report["xla_flags"]["reason"]
     assert report["versions"]["jax"] == jax.__version__ and set(report["versions"]) >= {"jaxlib", "flax", "numpy"}
+    assert report["machine"]["cores"] == os.cpu_count() and report["machine"]["arch"]
     assert json.loads((wd / "best.json").read_text())["step"] == report["best_step"] == 10
     assert report["steps"] == 10 and report["trainable_params"] == 595_200 + 770
     assert 0 <= report["test_accuracy"] <= 1

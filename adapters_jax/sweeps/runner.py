@@ -100,6 +100,7 @@ def run_point(config_path: str | Path, point: str, workdir: str | Path) -> list[
         "trainable_share": report["trainable_share"], "steps": report["steps"], "train_s": report["train_s"],
         "wall_s": report["wall_s"], "split_counts": report["split_counts"],
         "commit": records.provenance()["git_commit"], "versions": report.get("versions") or records.versions(),
+        "machine": report.get("machine") or records.machine(),
         "host": platform.node(),
     }
     rows = [{**common, "factors": dict(pts[point]), "variant": None, "metrics": _number_metrics(report)}]

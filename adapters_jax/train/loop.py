@@ -41,7 +41,7 @@ from adapters_jax.partition import labels as make_labels, param_report, split
 from adapters_jax.train import kinds
 from adapters_jax.train import optimizer as opt_lib
 from adapters_jax.train import parallel
-from adapters_jax.train.records import open_log, run_meta, train_rules, versions
+from adapters_jax.train.records import machine, open_log, run_meta, train_rules, versions
 from adapters_jax.train.step import init_state, make_train_step
 from adapters_jax.errors import ConfigError, TrainingError  # noqa: F401  (TrainingError re-exported)
 
@@ -343,7 +343,7 @@ def make_report(r: Run, fns: Compiled, p: Progress, wall_s: float) -> dict:
         "padded_tokens_per_s": p.padded_tokens / per_s, "devices": jax.device_count(),
         "platform": jax.devices()[0].platform, "strategy": r.strategy.name, "processes": jax.process_count(),
         "mesh": dict(r.strategy.sizes) if r.strategy.name == "mesh" else None,
-        "xla_flags": xla_flags.current(), "versions": versions(),
+        "xla_flags": xla_flags.current(), "versions": versions(), "machine": machine(),
     }
 
 

@@ -36,8 +36,9 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "tran
 
 
 def versions() -> dict:
-    """The installed versions of what a result depends on (the same commit gave the default run's seed 0
-    83.50% test with the packages of 2026-11-30 and 83.33% with those of 2026-12-01: record them)."""
+    """The installed versions of what a result depends on. The same commit gave the default run's seed 0
+    83.50% test on 2026-11-30 and 83.33% on 2026-12-02, with neither the packages nor the CPU recorded then
+    (jax was 0.10.2 both times): record both (machine() below)."""
     out = {}
     for name in PACKAGES:
         try:
@@ -45,6 +46,21 @@ def versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def machine() -> dict:
+    """The CPU a result was computed on: oneDNN and XLA pick kernels by instruction set, which moves the
+    low bits of every product (model name, cores, and which of AVX-512 / AMX / AVX-VNNI it has)."""
+    import platform
+
+    info = {"arch": platform.machine(), "cpu": None, "cores": os.cpu_count(), "isa": []}
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text()
+        names = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")]
+        flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+        info["cpu"] = names[0] if names else None
+        info["isa"] = sorted(f for f in set(flags) if f.startswith(("avx512", "amx", "avx_vnni", "avx2", "fma")))
+    return info
 
 
 def train_rules(config) -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ What the page shows comes from the config's REPORT dict (all keys optional):
     xscale       "log" | "linear" | "category"
     heatmap      (x, y): a grid of means instead of lines (Houlsby et al. Fig. 6's layer spans)
     baseline     {factor: value}: paired differences (same seed) of every point against this one
+    variants_only  table and plot only the rows of the config's evaluate() (not each run's own row)
     paper        the citation of the figure or table being reproduced
     paper_values {x: value}: the paper's numbers, drawn beside ours where they exist
 
@@ -200,7 +201,9 @@ def write_report(results: str | Path, config_path: str | Path | None = None) -> 
     spec = dict(getattr(module, "REPORT", {}))
     metric = spec.get("metric", "test_accuracy")
     scale = 100.0 if spec.get("percent", metric.endswith("accuracy")) else 1.0
-    points = aggregate(rows, metric)
+    # variants_only: the config's evaluate rows carry the design (the run's own row repeats one of them)
+    points = aggregate([r for r in rows if r.get("variant") is not None] if spec.get("variants_only") else rows,
+                       metric)
     if not points:
         raise ConfigError(f"no row of {table_path} has the metric {metric!r}")
     points.sort(key=lambda p: tuple(_sort_key(p["factors"][k]) for k in sorted(p["factors"])))

@@ -57,7 +57,7 @@ def evaluate(config, run_dir):
 
 REPORT = {
     "title": "Removing trained adapters by layer span (Houlsby et al. 2019, Fig. 6 left/centre)",
-    "heatmap": ("first", "last"),
+    "heatmap": ("first", "last"), "variants_only": True,
     "baseline": {"first": "none", "last": "none"},
     "paper": "Houlsby et al. 2019, Parameter-Efficient Transfer Learning for NLP, Figure 6 (left, centre): "
              "MNLI-m and CoLA validation accuracy with the adapters of layers i..j removed from a trained "

@@ -11,9 +11,10 @@ decay 0.01, clip 1.0. Ours to choose, and chosen:
   by mean validation accuracy over seeds 0-2 (81.86 against 81.48 with the base's
   dropout kept, rt_houlsby_dropout.py, which is the peer's setting).
 Expected (oneDNN dots, which scripts/train.py picks for this BERT-family model):
-mean test accuracy 83.52 over seeds 0-2 (83.50 / 83.41 / 83.66), seed 0 in ~330 s
-of steps on the 2-core CPU; with ADAPTERS_JAX_ONEDNN=0, 83.36;
-experiments/results/rt_polarity.md.
+mean test accuracy 83.50 over seeds 0-2 (83.33 / 83.41 / 83.74; rerun 2026-12-02, the
+layer-span ablation's baseline; 83.50 / 83.41 / 83.66 on 2026-11-30 on another machine
+or package set), seed 0 in ~330 s of steps on the 2-core CPU; with ADAPTERS_JAX_ONEDNN=0,
+83.36; experiments/results/rt_polarity.md.
 """
 from experiments.configs import base
 

@@ -85,6 +85,9 @@ def main(argv):
             from adapters_jax.train import multitask
 
             report = multitask.run(config, workdir, resume=FLAGS.resume)
+            if not report["completed"]:
+                print(f"stopped at step {report['steps']} (SIGTERM); --resume continues; {workdir}/report.json")
+                return 0
             print("; ".join(f"{k} {v * 100:.2f}%" for k, v in report.items() if k.endswith("test_accuracy"))
                   + f"; train {report['train_s']:.0f}s, wall {report['wall_s']:.0f}s; {workdir}/report.json")
             return 0

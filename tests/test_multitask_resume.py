@@ -1,5 +1,8 @@
 """Multi-task checkpoints: a run killed after a checkpoint and resumed ends bitwise where an uninterrupted run ends
-(the state and the sampler's position), and each task's output continues alone in train/loop.py."""
+(the state and the sampler's position), each task's output continues alone in train/loop.py, and SIGTERM saves
+and exits cleanly."""
+import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from experiments.configs import base as base_config  # noqa: E402
 from conftest import tiny_word_tasks  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -105,3 +109,37 @@ def test_mixed_batches_depend_on_the_position_and_a_restored_sampler_continues_t
     assert not np.array_equal(x["index"], z["index"])  # without the position the streams are elsewhere
     with pytest.raises(multitask.DataError, match="does not fit this run"):
         mixed().restore(position, 5)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny, tmp_path):
+    """A preempted multi-task run (SIGTERM) saves at the next step boundary, writes an incomplete report
+    and exits 0; --resume continues from that checkpoint (the bitwise resume: the test above)."""
+    import signal
+    import subprocess
+
+    model, files = tiny
+    wd = tmp_path / "term"
+    code = f"""
+import sys
+sys.path[:0] = [{str(ROOT)!r}]
+from experiments.configs import base
+from adapters_jax.train import multitask
+c = base.get_config()
+c.model, c.tasks, c.task_kwargs.split_column = {str(model)!r}, {list(files)!r}, "split"
+c.adapter, c.max_length, c.buckets, c.batch_size, c.eval_batch_size = "lora[r=2]", 16, (16,), 8, 8
+c.max_steps, c.log_every, c.multitask.sampling, c.checkpoint.every = 100_000, 1, "uniform", 0
+multitask.run(c, {str(wd)!r})
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    for line in proc.stdout:  # a few steps in, then the signal
+        if line.startswith("step 3/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    step = int(re.search(r"SIGTERM: saved step (\d+), exiting", out).group(1))
+    assert 3 <= step < 100_000 and ocp.path.step.checkpoint_steps(wd / "checkpoints") == [step]
+    report = json.loads((wd / "report.json").read_text())
+    assert report["steps"] == step and report["completed"] is False
+    assert not (wd / "adapters").exists()  # the per-task adapters come with the finished run

@@ -78,7 +78,7 @@ def _lengths(config) -> list[int]:
     return [config.max_length]
 
 
-class _Stop:
+class StopFlag:
     """SIGTERM sets a flag; the loop saves at the next step boundary and exits cleanly."""
 
     def __init__(self):
@@ -249,7 +249,7 @@ def train(r: Run, fns: Compiled, state: dict, best: dict, log) -> tuple[dict, Pr
     config = r.config
     p = Progress(step=int(r.strategy.scalars({"step": state["step"]})["step"]), best=best)
     # one host: SIGTERM sets a flag; several: JAX's preemption service catches it and picks the step
-    stop = _Stop() if jax.process_count() == 1 else None
+    stop = StopFlag() if jax.process_count() == 1 else None
     batches = iter(r.batches)
     bar = tqdm(total=r.total_steps, initial=p.step, disable=not (config.progress and r.primary), dynamic_ncols=True)
     try:

@@ -322,20 +322,31 @@ def run(config, workdir: str | Path, resume: bool = False) -> dict:
             state, position, _ = ckpt.restore(single.restore_target(state))
             data.restore(position, int(state["step"]))
             print(f"resumed from step {int(state['step'])}", flush=True)
-        t_train = time.time()
-        for s in range(int(state["step"]), total):
-            state, metrics = step_fn(state, frozen, data.batch(s))
-            if (s + 1) % config.log_every == 0 or s + 1 == total:
-                print(f"step {s + 1}/{total}: loss {float(metrics['loss']):.4f}", flush=True)
-            if s + 1 == total or (config.checkpoint.every and (s + 1) % config.checkpoint.every == 0):
-                ckpt.save(state, data.state(s + 1))
+        t_train, step = time.time(), int(state["step"])
+        stop = loop.StopFlag()  # SIGTERM (a preemption): save at the next step boundary and exit cleanly
+        while step < total:
+            state, metrics = step_fn(state, frozen, data.batch(step))
+            step += 1
+            if step % config.log_every == 0 or step == total:
+                print(f"step {step}/{total}: loss {float(metrics['loss']):.4f}", flush=True)
+            if step == total or stop.requested or (config.checkpoint.every and step % config.checkpoint.every == 0):
+                ckpt.save(state, data.state(step))
+            if stop.requested:
+                ckpt.wait()
+                print(f"SIGTERM: saved step {step}, exiting", flush=True)
+                break
+        stop.restore()
         ckpt.wait()
         train_s = time.time() - t_train
     finally:
         ckpt.close()
     report = {"tasks": list(config.tasks), "adapter": config.adapter, "model": config.model, "seed": config.seed,
-              "steps": total, "sampling": mt.sampling, "probs": probs.tolist(), "train_s": train_s,
-              "params": str(param_report(params, labels))}
+              "steps": step, "completed": step == total, "sampling": mt.sampling, "probs": probs.tolist(),
+              "train_s": train_s, "params": str(param_report(params, labels))}
+    if step < total:  # stopped early: the checkpoint is the result; --resume finishes the run
+        report["wall_s"] = time.time() - t0
+        ckpt_lib.write_json(workdir / "report.json", report)
+        return report
     eval_fn = jax.jit(step_lib.make_eval_step(model))
     for i, (t, e) in enumerate(zip(tasks, encs)):
         for split_name in ("validation", "test"):

@@ -89,7 +89,10 @@ def test_bad_input_is_one_error_line(sweep_config, tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: sweep key 'optimizer.nope'"), r.stderr
     r = _script("--config", sweep_config, "--only", "nope", "--workdir", tmp_path / "w")
     assert r.returncode == 2 and "--only names points the sweep does not have: ['nope']" in r.stderr
-    assert not (tmp_path / "w").exists()
+    r = _script("--config", sweep_config, "--executor", "ray", "--ray-address", "127.0.0.1:1",
+                "--workdir", tmp_path / "w", "--results", tmp_path / "r.jsonl")
+    assert r.returncode == 2 and "error: no Ray cluster at 127.0.0.1:1" in r.stderr, r.stderr[-500:]
+    assert not (tmp_path / "w").exists() and not (tmp_path / "r.jsonl").exists()
 
 
 def _by_point(rows):

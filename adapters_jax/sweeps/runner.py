@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import resource
+import socket
 import subprocess
 import sys
 import threading
@@ -195,9 +196,18 @@ def run_sweep(config_path: str | Path, workdir: str | Path | None = None, result
             for fut in cf.as_completed(futures):
                 finished(futures[fut], *fut.result())
     else:
-        import ray
-
-        ray.init(address=ray_address or "auto", log_to_driver=False)
+        try:
+            import ray
+        except ImportError as e:
+            raise ConfigError(f"--executor ray needs the ray package (pip install 'ray>=2.50'): {e}") from e
+        try:
+            if ray_address:  # Ray itself retries an unreachable address for minutes
+                host, _, port = ray_address.rpartition(":")
+                socket.create_connection((host, int(port)), timeout=5).close()
+            ray.init(address=ray_address or "auto", log_to_driver=False)
+        except (OSError, RuntimeError, ValueError) as e:  # ConnectionError is an OSError
+            raise ConfigError(f"no Ray cluster at {ray_address or 'auto'} ({e}); start one with `ray start --head` "
+                              "and pass its address with --ray-address HOST:PORT") from e
         try:
             submit = _ray_submit(cpus_per_point)
             pending = {}

@@ -91,19 +91,24 @@ def points(module: ModuleType, where: str = "the config") -> dict[str, dict]:
     return out
 
 
+def set_value(config, key: str, value) -> None:
+    """config[key] = value for a dotted key that already exists (a tuple field gets a tuple)."""
+    node, parts = config, key.split(".")
+    for part in parts[:-1]:
+        if part not in node:
+            raise ConfigError(f"sweep key {key!r}: the config has no {part!r}")
+        node = node[part]
+    if parts[-1] not in node:
+        raise ConfigError(f"sweep key {key!r}: the config has no {parts[-1]!r} (add it in get_config())")
+    try:
+        node[parts[-1]] = tuple(value) if isinstance(node[parts[-1]], tuple) else value
+    except TypeError as e:  # ml_collections keeps a field's type
+        raise ConfigError(f"sweep key {key!r}: {e}") from e
+
+
 def config_for(module: ModuleType, overrides: dict):
     """get_config() with the overrides applied (each key must already exist), then finalize()."""
     config = module.get_config()
     for key, value in overrides.items():
-        node, parts = config, key.split(".")
-        for part in parts[:-1]:
-            if part not in node:
-                raise ConfigError(f"sweep key {key!r}: the config has no {part!r}")
-            node = node[part]
-        if parts[-1] not in node:
-            raise ConfigError(f"sweep key {key!r}: the config has no {parts[-1]!r} (add it in get_config())")
-        try:
-            node[parts[-1]] = tuple(value) if isinstance(node[parts[-1]], tuple) else value
-        except TypeError as e:  # ml_collections keeps a field's type
-            raise ConfigError(f"sweep key {key!r}: {e}") from e
+        set_value(config, key, value)
     return module.finalize(config) if hasattr(module, "finalize") else config

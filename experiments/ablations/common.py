@@ -7,6 +7,7 @@ import ml_collections
 
 from adapters_jax import paths
 from adapters_jax.configs import LoRA, to_string
+from adapters_jax.sweeps import grid
 from experiments.configs import rt_houlsby
 
 SEEDS = [0, 1, 2]
@@ -51,10 +52,7 @@ METHODS = {
 
 
 def apply(c, settings: dict):
-    """Set each dotted key of `settings` on the config."""
+    """Set each dotted key of `settings` on the config (grid.set_value, as a sweep's overrides are)."""
     for key, value in settings.items():
-        node, parts = c, key.split(".")
-        for part in parts[:-1]:
-            node = node[part]
-        node[parts[-1]] = value
+        grid.set_value(c, key, value)
     return c

@@ -16,12 +16,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", help="a results .jsonl file or the directory holding results.jsonl")
     p.add_argument("--config", default=None, help="the sweep's config file (default: found by the sweep's name)")
+    p.add_argument("--workdir", default=None, help="the runs' directories, for a config's analyze() "
+                                                   "(default runs/sweeps/NAME)")
     a = p.parse_args(argv)
     from adapters_jax.errors import AdaptersJaxError
     from adapters_jax.sweeps import report
 
     try:
-        page = report.write_report(a.results, a.config)
+        page = report.write_report(a.results, a.config, a.workdir)
     except AdaptersJaxError as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2

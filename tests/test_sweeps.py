@@ -46,6 +46,11 @@ def evaluate(config, run_dir):
     return [{{"variant": k, "factors": {{"removed": k}}, "metrics": m}} for k, m in out.items()]
 
 
+def analyze(workdir, out_dir):
+    done = sorted(p.name for p in workdir.iterdir() if (p / "report.json").exists())
+    return ["## Across the runs", "", "runs analysed: " + "; ".join(done)]
+
+
 REPORT = {{"title": "tiny", "x": "adapter", "xscale": "category", "paper": "none (a test)"}}
 '''
 
@@ -160,8 +165,12 @@ def test_local_sweep_skip_resume_ray_and_report(sweep_config, tmp_path):
         for m, v in r["metrics"].items():
             assert v == pytest.approx(by[k]["metrics"][m], abs=1e-5), (k, m)
 
-    page = report.write_report(table.parent, sweep_config)
+    page = report.write_report(table.parent, sweep_config, workdir=work)
     text = page.read_text()
+    # the config's analyze() ran over the run directories; its section stays when they are gone
+    assert "runs analysed: " + "; ".join(sorted(IDS)) in text
+    gone = report.write_report(table.parent, sweep_config, workdir=tmp_path / "gone").read_text()
+    assert "runs analysed: " + "; ".join(sorted(IDS)) in gone
     assert (table.parent / "tiny_sweep.png").stat().st_size > 0 and (table.parent / "tiny_sweep.svg").exists()
     assert "| adapter | removed | trainable (%) | peak RSS MB | n | mean | sd | 95% CI |" in text
     assert "Paper: none (a test)" in text

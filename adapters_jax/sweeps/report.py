@@ -16,7 +16,8 @@ What the page shows comes from the config's REPORT dict (all keys optional):
 Statistics per point (rows grouped by every factor but the seed): n, mean, sample standard deviation and
 the 95% interval of the mean (Student's t with n-1 degrees of freedom). The noise floor printed on the
 page: the test set's binomial sampling error at the mean accuracy, and the median seed spread. The
-config's docstring (command, budget) and a hand-written notes.md (the verdict) go on the page as written.
+config's docstring (command, budget), the section of its `analyze` (analysis.md) and a hand-written notes.md
+(the verdict) go on the page as written.
 """
 from __future__ import annotations
 
@@ -184,9 +185,12 @@ def plot(points: list[dict], spec: dict, scale: float, out_stem: Path) -> list[P
     return paths
 
 
-def write_report(results: str | Path, config_path: str | Path | None = None) -> Path:
+def write_report(results: str | Path, config_path: str | Path | None = None,
+                 workdir: str | Path | None = None) -> Path:
     """Write RESULTS_DIR/README.md and the figure for a results table (a .jsonl file or the directory
-    holding results.jsonl); the config is the one the rows name unless `config_path` is given."""
+    holding results.jsonl); the config is the one the rows name unless `config_path` is given. A config
+    with `analyze(workdir, out_dir)` (an analysis across its runs' directories, default runs/sweeps/NAME)
+    gets it run when those directories are here, its section kept in analysis.md for later pages."""
     results = Path(results)
     table_path = results / "results.jsonl" if results.is_dir() else results
     rows = read_rows(table_path)
@@ -230,6 +234,13 @@ def write_report(results: str | Path, config_path: str | Path | None = None) -> 
     lines += ["Noise floor: " + "; ".join(nf) + ".", ""]
     if spec.get("paper"):
         lines += [f"Paper: {spec['paper']}", ""]
+    run_dirs = Path(workdir) if workdir else ROOT / "runs" / "sweeps" / name
+    if hasattr(module, "analyze") and run_dirs.is_dir():
+        section = module.analyze(run_dirs, out_dir)
+        if section:
+            (out_dir / "analysis.md").write_text("\n".join(section).strip() + "\n")
+    if (out_dir / "analysis.md").exists():
+        lines += [(out_dir / "analysis.md").read_text().strip(), ""]
     if (out_dir / "notes.md").exists():
         lines += ["## What we see", "", (out_dir / "notes.md").read_text().strip(), ""]
     train_h = sum(r.get("train_s", 0) for r in rows if r.get("variant") is None) / 3600

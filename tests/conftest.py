@@ -12,7 +12,13 @@ from unittest import mock
 
 import pytest
 
-from adapters_jax.data import assets
+# LLVM at -O0 for the suite (subprocesses inherit it): most tests compile small programs once and run them a
+# few times, so compiling dominates (tests/test_bank.py 175 s -> 114 s); the dots run in oneDNN/Eigen's own
+# compiled kernels at any level and XLA's HLO passes do not change. A level already in XLA_FLAGS is kept.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
+from adapters_jax.data import assets  # noqa: E402
 
 # Pinned at collection, so a test that points ADAPTERS_JAX_CACHE at a temp dir
 # still gets (and memoises) the shared cache's copy.

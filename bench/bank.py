@@ -153,11 +153,10 @@ def main() -> None:
     import subprocess
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    with out.open("a") as f:
-        for row in rows:
-            row |= {"xla_flags": flags, "commit": commit, "load_avg": list(map(float, open("/proc/loadavg").read().split()[:3]))}
-            f.write(json.dumps(row) + "\n")
-            print(json.dumps(row), flush=True)
+    for row in rows:
+        row |= {"xla_flags": flags, "commit": commit, "load_avg": list(map(float, open("/proc/loadavg").read().split()[:3]))}
+        print(json.dumps(row), flush=True)
+    common.append_rows(out, rows)
     if not a.scale:
         print(table(rows))
 

@@ -63,6 +63,14 @@ def timed(fn, warmup: int = 1, steps: int = 1, sync=lambda out: out):
 RESULT_TAG = "BENCH_RESULT "
 
 
+def append_rows(path: str | Path, rows: list[dict]) -> None:
+    """Append result rows to a JSONL table (its folder made first): every benchmark's one way to record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
 def emit(record: dict) -> None:
     """A worker's one result line on stdout (the parent picks it out of any other output)."""
     sys.stdout.write(RESULT_TAG + json.dumps(record) + "\n")

@@ -105,8 +105,7 @@ def main() -> int:
                 print(json.dumps({k: rec.get(k) for k in ("round", "side", "batch", "tokens_per_s", "kv_cache_bytes",
                                                           "error")}), flush=True)
                 if args.out:
-                    with open(args.out, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
+                    common.append_rows(args.out, [rec])
     return 0
 
 

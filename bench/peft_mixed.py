@@ -18,10 +18,14 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import common  # noqa: E402  (run as a script: the repository root first; no jax in it)
 
 
 def model_dir() -> str:
@@ -88,11 +92,7 @@ def main() -> None:
                                  "seconds": s, "tokens_per_s": b * t / s, "torch_threads": torch.get_num_threads(),
                                  "load_avg": list(map(float, open("/proc/loadavg").read().split()[:3]))})
                     print(json.dumps(rows[-1]), flush=True)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    common.append_rows(a.out, rows)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import common  # noqa: E402  (run as a script: the repository root first)
 
 
 def hold(model: str, n: int) -> dict:
@@ -63,8 +64,7 @@ def main(argv=None) -> int:
                "command": "python " + " ".join(sys.argv)}
         print(json.dumps(row), flush=True)
         if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            common.append_rows(args.out, [row])
     return 0
 
 

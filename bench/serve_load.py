@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import common  # noqa: E402  (run as a script: the repository root first)
 
 TOPICS = ["the sea", "a city at night", "bread", "old maps", "rain", "a violin", "winter", "bees", "trains",
           "a quiet library", "mountains", "coffee", "the moon", "gardens", "clocks", "rivers"]
@@ -210,8 +211,7 @@ def main(argv=None) -> int:
                 "command": "python " + " ".join(sys.argv)})
     print(json.dumps(row))
     if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        common.append_rows(args.out, [row])
     failed = row["errors"] + row.get("churn", {}).get("n_failed", 0)
     if args.churn and failed:
         print(f"FAILED: {row['errors']} load requests and {row['churn']['n_failed']} churn steps failed",

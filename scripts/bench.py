@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import JAX_SPECS, MODELS, PEERS, run_worker  # noqa: E402
+from bench.common import JAX_SPECS, MODELS, PEERS, append_rows, run_worker  # noqa: E402
 
 
 def load_avg() -> list[float]:
@@ -249,16 +249,9 @@ def main(argv=None):
     run_info.update({"load_avg_end": load_avg(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                      "matmul_peak_flops_per_s": peak, "model_config": model_config})
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps({"kind": "run", **run_info}) + "\n")
-            for p in probes:
-                f.write(json.dumps({"kind": "probe", **p}) + "\n")
-            for r in summary:
-                f.write(json.dumps({"kind": "config", **r}) + "\n")
-            if args.rounds > 1:
-                for r in rows:
-                    f.write(json.dumps({"kind": "config_round", **r}) + "\n")
+        append_rows(args.out, [{"kind": "run", **run_info}, *({"kind": "probe", **p} for p in probes),
+                               *({"kind": "config", **r} for r in summary),
+                               *({"kind": "config_round", **r} for r in (rows if args.rounds > 1 else []))])
     print(f"\n{command}\nload avg {run_info['load_avg_start']} -> {run_info['load_avg_end']}; matmul peak "
           f"{'-' if peak is None else format(peak / 1e9, '.0f')} GFLOP/s "
           f"({', '.join(p['impl'] + ' ' + ' '.join(f'{k} {v / 1e9:.0f}' for k, v in p['flops_per_s'].items()) for p in probes if 'flops_per_s' in p)})\n")

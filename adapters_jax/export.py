@@ -215,6 +215,18 @@ def write_tokenizer(tokenizer, dest: Path) -> None:
         shutil.copy2(f, dest / f.name)
     if tokenizer is not None and tokenizer_files(tokenizer) is None:
         tokenizer.save_pretrained(str(dest))
+        _portable_tokenizer_class(dest / "tokenizer_config.json")
+
+
+def _portable_tokenizer_class(path: Path) -> None:
+    """transformers 5 names its fast tokenizers' class "TokenizersBackend", which transformers 4 (what PEFT
+    users run) cannot load; "PreTrainedTokenizerFast" loads the same tokenizer.json, with the same ids, in both."""
+    if not path.is_file():
+        return
+    cfg = json.loads(path.read_text())
+    if cfg.get("tokenizer_class") == "TokenizersBackend":
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
 
 
 # --- GGUF (Llama): what llama.cpp's convert_hf_to_gguf.py writes for LlamaForCausalLM ---

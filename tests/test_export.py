@@ -106,6 +106,9 @@ def test_hf_round_trip_with_our_loader(name, exported, built, ours):
     assert np.abs(out[key][m] - ours[case][key][m]).max() <= F32_TOL
     if case == "smol":
         assert back.tokenizer(TEXT)["input_ids"] == b["ids"][0].tolist()
+        # a class name transformers 4 (PEFT's users) loads too, not transformers 5's "TokenizersBackend"
+        assert json.loads((exported[name] / "tokenizer_config.json").read_text())["tokenizer_class"] == \
+            "PreTrainedTokenizerFast"
 
 
 def test_gguf_round_trip_with_our_loader(exported, built, ours, ref):

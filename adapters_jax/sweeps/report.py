@@ -6,7 +6,8 @@ What the page shows comes from the config's REPORT dict (all keys optional):
     title        the page's heading
     metric       the row metric to aggregate (default "test_accuracy"); percent=True shows it x100
     x, series    factor keys for the figure's x axis and its lines (default: the first non-seed factor)
-    xscale       "log" | "linear" | "category"
+    xscale       "log" | "linear" | "category" (points, no connecting line)
+    order        the x values in the order the table and a category axis show them (default: sorted)
     heatmap      (x, y): a grid of means instead of lines (Houlsby et al. Fig. 6's layer spans)
     baseline     {factor: value}: paired differences (same seed) of every point against this one
     variants_only  table and plot only the rows of the config's evaluate() (not each run's own row)
@@ -121,6 +122,11 @@ def _sort_key(v):
     return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
 
 
+def _order_key(spec: dict, v):
+    order = list(spec.get("order", []))
+    return (order.index(v), _sort_key(v)) if v in order else (len(order), _sort_key(v))
+
+
 def plot(points: list[dict], spec: dict, scale: float, out_stem: Path) -> list[Path]:
     """The figure as PNG and SVG: lines with 95% intervals, or a heatmap of means."""
     import matplotlib
@@ -159,10 +165,11 @@ def plot(points: list[dict], spec: dict, scale: float, out_stem: Path) -> list[P
         for p in points:
             series[_factor_text(p["factors"].get(ks, "")) if ks else ""].append(p)
         for name, ps in series.items():
-            ps = sorted(ps, key=lambda p: _sort_key(xof(p)))
+            ps = sorted(ps, key=lambda p: _order_key(spec, xof(p)))
             xs = [xof(p) if spec.get("xscale") != "category" else _factor_text(xof(p)) for p in ps]
             ax.errorbar(xs, [p["mean"] * scale for p in ps], yerr=[p["ci95"] * scale if p["n"] > 1 else 0 for p in ps],
-                        marker="o", capsize=3, label=name or "ours (mean, 95% CI)", linestyle="none" if kl else "-")
+                        marker="o", capsize=3, label=name or "ours (mean, 95% CI)",
+                        linestyle="none" if kl or spec.get("xscale") == "category" else "-")
             for p, x in zip(ps, xs) if kl else ():
                 ax.annotate(_factor_text(p["factors"][kl]), (x, p["mean"] * scale), fontsize=7,
                             textcoords="offset points", xytext=(4, -10))
@@ -211,6 +218,8 @@ def write_report(results: str | Path, config_path: str | Path | None = None,
     if not points:
         raise ConfigError(f"no row of {table_path} has the metric {metric!r}")
     points.sort(key=lambda p: tuple(_sort_key(p["factors"][k]) for k in sorted(p["factors"])))
+    if spec.get("order") and spec.get("x"):
+        points.sort(key=lambda p: _order_key(spec, p["factors"].get(spec["x"])))  # stable: the rest stays sorted
     if spec.get("baseline"):
         paired(points, spec["baseline"])
     out_dir = table_path.parent

@@ -44,7 +44,7 @@ def sweep():
 
 REPORT = {
     "title": "LoRA rank and targets (Hu et al. 2021, Tables 5-6)",
-    "x": "ablation.lora", "xscale": "category", "baseline": {"ablation.lora": "qv_r8"},
+    "x": "ablation.lora", "xscale": "category", "order": list(TARGETS), "baseline": {"ablation.lora": "qv_r8"},
     "paper": "Hu et al. 2021, LoRA, Table 5 (which matrices at 18M parameters: {q,v} r=4 and all four r=2 best) "
              "and Table 6 (rank: r=1 on {q,v} within a point of r=64 on WikiSQL and MNLI).",
 }

@@ -53,13 +53,11 @@ REPORT = {
 LOW, HIGH = "qv_r8", "qv_r64"
 
 
-def _lora_matrices(run_dir: Path, point: str) -> dict:
+def _lora_matrices(run_dir: Path, config) -> dict:
     """{(layer, role): (A, B, A at initialisation)} of a finished point's final adapter."""
     from adapters_jax.partition import split
     from adapters_jax.train import loop
 
-    module = grid.load_module(Path(__file__))
-    config = grid.config_for(module, grid.points(module, __file__)[point])
     _, _, _, params, labels = loop.build(config)
     initial = paths.flat(split(params, labels)[0])
     final = paths.flat(loop.final_trainable(run_dir, config, params, labels))
@@ -78,7 +76,9 @@ def analyze(workdir: Path, out_dir: Path) -> list[str]:
                                             for r in (LOW, HIGH))]
     if not seeds:
         return []
-    runs = {(r, s): _lora_matrices(workdir / f"lora={r},seed={s}", f"lora={r},seed={s}")
+    module = grid.load_module(__file__)  # this file as a sweep module, once: the points' configs
+    pts = grid.points(module, __file__)
+    runs = {(r, s): _lora_matrices(workdir / f"lora={r},seed={s}", grid.config_for(module, pts[f"lora={r},seed={s}"]))
             for r in (LOW, HIGH) for s in seeds}
     dim = next(iter(runs[HIGH, seeds[0]].values()))[0].shape[0]
     rows, heat = [], {}

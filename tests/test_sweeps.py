@@ -51,7 +51,8 @@ def analyze(workdir, out_dir):
     return ["## Across the runs", "", "runs analysed: " + "; ".join(done)]
 
 
-REPORT = {{"title": "tiny", "x": "adapter", "xscale": "category", "paper": "none (a test)"}}
+REPORT = {{"title": "tiny", "x": "adapter", "xscale": "category", "paper": "none (a test)",
+          "order": ["lora[r=2]", "houlsby[bottleneck=4]"]}}
 '''
 
 IDS = ["adapter=lora_r=2_,seed=0", "adapter=houlsby_bottleneck=4_,seed=0"]
@@ -169,6 +170,8 @@ def test_local_sweep_skip_resume_ray_and_report(sweep_config, tmp_path):
     text = page.read_text()
     # the config's analyze() ran over the run directories; its section stays when they are gone
     assert "runs analysed: " + "; ".join(sorted(IDS)) in text
+    # REPORT "order" puts lora first, against the alphabetical default
+    assert 0 <= text.index("| lora[r=2] |") < text.index("| houlsby[bottleneck=4] |")
     gone = report.write_report(table.parent, sweep_config, workdir=tmp_path / "gone").read_text()
     assert "runs analysed: " + "; ".join(sorted(IDS)) in gone
     assert (table.parent / "tiny_sweep.png").stat().st_size > 0 and (table.parent / "tiny_sweep.svg").exists()

@@ -155,3 +155,41 @@ def test_generate_script_prints_completions_and_refuses_bad_input(tmp_path):
     lines = [ln for ln in bad.stderr.strip().splitlines() if ln.strip()]
     assert lines == [lines[0]] and lines[0].startswith("error: ") and "max_new_tokens=0" in lines[0]
     assert "Traceback" not in bad.stderr
+
+
+
+
+def word_tokenizer(n: int, eos: int):
+    """Words w0..w{n-1} split on spaces, w{eos} the end of sequence: decode then encode gives the same ids back,
+    so a reference made by decoding a completion has exactly its length (byte-level BPE does not promise this)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(models.WordLevel({f"w{i}": i for i in range(n)} | {"[UNK]": n}, unk_token="[UNK]"))
+    t.pre_tokenizer, t.decoder = pre_tokenizers.WhitespaceSplit(), decoders.WordPiece(prefix="##")
+    return PreTrainedTokenizerFast(tokenizer_object=t, unk_token="[UNK]", eos_token=f"w{eos}")
+
+
+def test_exact_match_scores_each_prompt_against_its_own_reference():
+    """kinds.exact_match batches prompts by length (less padding), not in data order: every prompt must still be
+    scored against its own reference. The references: a prompt's own greedy completion (made alone) where it ends
+    within 6 tokens, else a wrong string 6 tokens long; prompts in three length buckets, unsorted."""
+    import collections
+    import types
+
+    from adapters_jax.train.kinds import exact_match
+
+    model, params = adapted("tiny-llama", "lora[r=4]")
+    rng = np.random.default_rng(3)
+    prompts = [list(rng.integers(3, 200, n)) for n in rng.permutation([3, 5, 9, 14, 20, 27, 33, 40, 47, 60])]
+    free = [generate(model, params, [p], 7, ignore_eos=True, eos_token_id=0)[0].ids for p in prompts]
+    eos = collections.Counter(t for ids in free for t in ids[1:5]).most_common(1)[0][0]  # often 2nd-5th token
+    tok = word_tokenizer(model.config.vocab_size, eos)
+    wrong = " ".join(["unknown"] * 6)  # the longest reference: exact_match generates 6 tokens + the end token
+    own = [generate(model, params, [p], 7, tokenizer=tok)[0] for p in prompts]
+    hit = [o.finish_reason == "stop" and 0 < len(o.ids) <= 6 for o in own]
+    assert 2 <= sum(hit) <= len(prompts) - 2, (eos, free)  # some of each, or the test shows nothing
+    responses = [o.text if h else wrong for o, h in zip(own, hit)]
+    enc = types.SimpleNamespace(prompts=prompts, responses=responses)
+    assert exact_match(model, params, enc, tok, batch_size=4) == sum(hit) / len(prompts)
+    assert exact_match(model, params, enc, tok, batch_size=3, limit=5) == sum(hit[:5]) / 5

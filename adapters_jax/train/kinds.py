@@ -141,8 +141,12 @@ def exact_match(model, params, enc, tokenizer, batch_size: int, limit: int | Non
     reference response."""
     prompts, responses = enc.prompts[:limit], enc.responses[:limit]
     longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in set(responses)) + 1
+    # by prompt length: a batch pads to the power-of-two bucket of its longest prompt, so batches of
+    # similar lengths prefill about half the padded tokens of batches in data order (the count is the same)
+    order = np.argsort([len(p) for p in prompts], kind="stable")
     hits = 0
-    for i in range(0, len(prompts), batch_size):
-        outs = generate(model, params, [list(p) for p in prompts[i:i + batch_size]], longest, tokenizer=tokenizer)
-        hits += sum(o.text.strip() == r.strip() for o, r in zip(outs, responses[i:i + batch_size]))
+    for i in range(0, len(order), batch_size):
+        rows = order[i:i + batch_size]
+        outs = generate(model, params, [list(prompts[j]) for j in rows], longest, tokenizer=tokenizer)
+        hits += sum(o.text.strip() == responses[j].strip() for o, j in zip(outs, rows))
     return hits / max(len(prompts), 1)

@@ -10,21 +10,22 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from adapters_jax.configs import AdapterConfigError, LoRA, MethodConfig, NamedAdapter, PrefixTuning, parse, to_string
+from adapters_jax.configs import (AdapterConfigError, LoRA, MethodConfig, NamedAdapter, PrefixTuning, PromptTuning,
+                                  parse, to_string)
 
 
 @dataclass(frozen=True)
 class Bank:
     """K adapters of one setup stacked on a leading axis (adapters_jax/bank.py): each example picks a slot.
 
-    `methods` is the slots' common shape (the largest LoRA rank, bottleneck size and prefix
-    length of the members; smaller members are zero-padded, which is exact: padded prefix
-    positions are masked out of attention); `slots[k]` is the adapter in slot k with its own
-    configs (its LoRA scaling, its prefix lengths), or None for a free slot (the bank's shape).
-    Two banks are equal (and a jitted step keyed on the model is reused) when their name,
-    shape, per-slot LoRA scalings and prefix lengths are: which adapter sits in a slot is
-    data, so `bank.write` of another adapter with the same scaling and lengths keeps the
-    compiled step.
+    `methods` is the slots' common shape (the largest LoRA rank, bottleneck size, prefix and
+    soft-prompt length of the members; smaller members are zero-padded, which is exact: padded
+    prefix and prompt positions are masked out of attention and not counted in positions);
+    `slots[k]` is the adapter in slot k with its own configs (its LoRA scaling, its prefix and
+    prompt lengths), or None for a free slot (the bank's shape). Two banks are equal (and a
+    jitted step keyed on the model is reused) when their name, shape, per-slot LoRA scalings
+    and lengths are: which adapter sits in a slot is data, so `bank.write` of another adapter
+    with the same scaling and lengths keeps the compiled step.
     """
 
     name: str
@@ -33,13 +34,22 @@ class Bank:
     scalings: tuple[float, ...] = field(init=False)  # [K] alpha/r (or rsLoRA's) per slot; 0 without LoRA
     # [K] per slot, the true prefix_length of each of the bank's prefix-tuning methods (in order)
     prefix_lengths: tuple[tuple[int, ...], ...] = field(init=False)
+    # [K] per slot, the true prompt_length of each of the bank's prompt-tuning methods (in order)
+    prompt_lengths: tuple[tuple[int, ...], ...] = field(init=False)
 
     def __post_init__(self):
         object.__setattr__(self, "scalings", tuple(
             float(a.of(LoRA)[0].scaling) if a is not None and a.of(LoRA) else 0.0 for a in self.slots))
-        full = tuple(m.prefix_length for m in self.of(PrefixTuning))
-        object.__setattr__(self, "prefix_lengths", tuple(
-            full if a is None else tuple(m.prefix_length for m in a.of(PrefixTuning)) for a in self.slots))
+        for cls, attr in ((PrefixTuning, "prefix_length"), (PromptTuning, "prompt_length")):
+            full = tuple(getattr(m, attr) for m in self.of(cls))
+            object.__setattr__(self, f"{attr}s", tuple(
+                full if a is None else tuple(getattr(m, attr) for m in a.of(cls)) for a in self.slots))
+
+    def lengths(self, config) -> tuple[int, ...]:
+        """[K] the true length of bank method `config` (a prefix- or prompt-tuning config of `methods`) per slot."""
+        same = [m for m in self.methods if m.method == config.method]
+        per_slot = self.prefix_lengths if isinstance(config, PrefixTuning) else self.prompt_lengths
+        return tuple(ls[same.index(config)] for ls in per_slot)
 
     @property
     def size(self) -> int:

@@ -8,10 +8,13 @@ A bank holds K adapters of one setup (the same methods, targets and options)
 on a leading slot axis; which example uses which slot is data (`ids`), so a
 batch mixes adapters in one compiled step and changing the mix never
 recompiles. Members may differ in LoRA rank and alpha, in bottleneck size and
-in prefix length: smaller members are zero-padded to the largest, which adds
-exactly nothing (padded LoRA columns of A meet zero rows of B; padded bottleneck
-units have zero up-projection rows; padded prefix positions are masked out of
-attention for the examples of a shorter member). Each example's output equals its adapter run alone
+in prefix and soft-prompt length: smaller members are zero-padded to the largest,
+which adds exactly nothing (padded LoRA columns of A meet zero rows of B; padded
+bottleneck units have zero up-projection rows; padded prefix and prompt positions
+are masked out of attention for the examples of a shorter member, and a shorter
+soft prompt sits right before the tokens with positions counted over its own
+length, so every token has the position it has with the member alone, and with
+the base alone for id -1). Each example's output equals its adapter run alone
 (tests/test_bank.py, every method). The math is adapters_jax/modules/banked.py.
 
 `route` must be called inside the jitted function, on the traced ids. Free
@@ -36,7 +39,7 @@ from adapters_jax.models import Loaded, family_of
 
 # The fields members may differ in (padded or per slot); every other field must be equal.
 _MAY_DIFFER = {LoRA: ("r", "alpha", "use_rslora"), Bottleneck: ("bottleneck", "reduction_factor"),
-               PrefixTuning: ("prefix_length",)}
+               PrefixTuning: ("prefix_length",), PromptTuning: ("prompt_length",)}
 
 
 def check_ids(model, ids_B) -> None:
@@ -65,12 +68,6 @@ def _shape_of(members: list[configs.NamedAdapter], hidden: int) -> tuple:
         for a in members[1:]:
             m = a.methods[i]
             for f in dataclasses.fields(m0):
-                if isinstance(m0, PromptTuning) and f.name == "prompt_length" and m.prompt_length != m0.prompt_length:
-                    raise AdapterConfigError(
-                        f"adapters {first.name!r} and {a.name!r} have prompt lengths {m0.prompt_length} and "
-                        f"{m.prompt_length}; a bank's soft prompts must be equally long: padding a shorter prompt "
-                        "would shift its tokens' positions (absolute in BERT, rotary in Llama), so it would not "
-                        "compute what the adapter computes alone (prefix tuning lengths may differ)")
                 if f.name not in differ and getattr(m, f.name) != getattr(m0, f.name):
                     raise AdapterConfigError(
                         f"adapters {first.name!r} and {a.name!r} differ in {m0.method}.{f.name} "
@@ -83,6 +80,8 @@ def _shape_of(members: list[configs.NamedAdapter], hidden: int) -> tuple:
             m0 = dataclasses.replace(m0, bottleneck=max(m.size(hidden) for m in ms))
         elif isinstance(m0, PrefixTuning):
             m0 = dataclasses.replace(m0, prefix_length=max(m.prefix_length for m in ms))
+        elif isinstance(m0, PromptTuning):
+            m0 = dataclasses.replace(m0, prompt_length=max(m.prompt_length for m in ms))
         out.append(m0)
     return tuple(out)
 
@@ -175,7 +174,7 @@ def write(model, params, slot: int, name: str):
     shape = _shape_of([as_bank, member], model.config.hidden_size)
     if shape != bank.methods:
         raise AdapterConfigError(f"adapter {name!r} ({member.spec}) does not fit bank {bank.name!r}: larger rank or "
-                                 "bottleneck or longer prefix than the bank's")
+                                 "bottleneck or longer prefix or prompt than the bank's")
     flat = _write_slot(paths.flat(params), bank.name, slot, name)
     slots = bank.slots[:slot] + (member,) + bank.slots[slot + 1:]
     return model.clone(adapters=dataclasses.replace(setup, bank=dataclasses.replace(bank, slots=slots))), \

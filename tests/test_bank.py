@@ -21,7 +21,9 @@ MEMBERS = {
     "ia3": ["ia3"] * 3,
     "houlsby": ["houlsby[bottleneck=4]", "houlsby[bottleneck=16]", "houlsby[bottleneck=8]"],
     "par_bn": ["par_bn[bottleneck=8]", "par_bn[bottleneck=4]", "par_bn[bottleneck=8]"],
-    "prompt": ["prompt_tuning[prompt_length=2]"] * 3,
+    # soft prompts of different lengths: padded to 4, a shorter one right before the tokens, positions counted
+    # over the prompt each example sees (RoBERTa's and BERT's absolute positions, Llama's rotary ones)
+    "prompt_het": [f"prompt_tuning[prompt_length={n}]" for n in (2, 4, 1)],
     # prefixes of different lengths: padded to 5, each example's padding masked out of attention
     "prefix_het": [f"prefix_tuning[prefix_length={n},bottleneck_size=8]" for n in (2, 3, 5)],
     "union": ["lora[r=2]|ia3|pfeiffer[bottleneck=4]|prefix_tuning[prefix_length=2,bottleneck_size=8]",
@@ -58,8 +60,9 @@ def alone(model, params, name, ids, mask):
 
 # the union (LoRA, IA3, Pfeiffer, prefix) covers IA3 and LoRA on Llama; heterogeneous LoRA ranks and prefix lengths
 # run on RoBERTa (equal prefix lengths: the Llama union)
-CASES = ([("tiny-roberta", m) for m in ("lora", "houlsby", "prefix_het", "prompt")]
-         + [("tiny-llama", m) for m in ("union", "par_bn", "prompt")])
+CASES = ([("tiny-roberta", m) for m in ("lora", "houlsby", "prefix_het", "prompt_het")]
+         + [("tiny-bert-bf16", "prompt_het"), ("tiny-mistral", "prompt_het")]
+         + [("tiny-llama", m) for m in ("union", "par_bn", "prompt_het")])
 
 
 @pytest.mark.parametrize("fixture,method", CASES)
@@ -68,7 +71,7 @@ def test_each_example_equals_its_adapter_alone(fixture, method):
     model, params = bank.build((model, params), ["a0", "a1", "a2"], size=4)
     model = aj.activate(model)  # only the bank runs
     ids, mask = inputs(6, 7, model.config.vocab_size)
-    slots = [0, 2, -1, 1, 2, 0] if method != "prompt" else [0, 2, 1, 1, 2, 0]  # prompt: -1 shifts positions
+    slots = [0, 2, -1, 1, 2, 0]
     fwd = jax.jit(lambda p, s: bank.route(model, s).apply({"params": p}, ids, mask))
     out = np.asarray(fwd(params, jnp.asarray(slots)))
     for s in sorted(set(slots)):  # the whole batch through adapter s alone; its rows are compared
@@ -121,8 +124,9 @@ def test_bad_banks_are_refused_by_name():
     with pytest.raises(ConfigError, match="'a3'.*does not fit bank 'bank': larger rank"):
         bank.write(model, params, 1, "a3")
     model, params = members("tiny-llama", ["prompt_tuning[prompt_length=2]", "prompt_tuning[prompt_length=3]"])
-    with pytest.raises(ConfigError, match="prompt lengths 2 and 3; .*shift its tokens' positions"):
-        bank.build((model, params), ["a0", "a1"])
+    model, params = bank.build((model, params), ["a0"], size=2)
+    with pytest.raises(ConfigError, match="'a1'.*does not fit bank 'bank'.*longer prefix or prompt"):
+        bank.write(model, params, 1, "a1")
 
 
 def test_generate_with_a_bank_gives_each_prompt_its_adapters_completion():
@@ -153,3 +157,22 @@ def test_generate_with_a_bank_gives_each_prompt_its_adapters_completion():
         aj.generate(model, params, prompts, 2, adapter_ids=[0, 1, 2, 0])
     with pytest.raises(ConfigError, match="one per prompt"):
         aj.generate(model, params, prompts, 2, adapter_ids=[0, 1])
+
+
+@pytest.mark.parametrize("fixture", ["tiny-llama", "tiny-mistral"])
+def test_generate_with_a_prompt_bank_of_different_lengths_equals_each_alone(fixture):
+    """Soft prompts of 1 and 3 positions (+ a LoRA) in one bank, and the base alone (-1): greedy decoding equals
+    each prompt generated alone; the decode steps count each row's own prompt (tiny-mistral: a window of 4 slots,
+    so a shorter prompt must sit right before the tokens, as it does alone)."""
+    specs = ["lora[r=2]|prompt_tuning[prompt_length=1]", "lora[r=4]|prompt_tuning[prompt_length=3]"]
+    model, params = members(fixture, specs)
+    model, params = bank.build((model, params), ["a0", "a1"])
+    assert model.adapters.bank.prompt_lengths == ((1,), (3,))
+    model = aj.activate(model)
+    prompts = [[5, 9, 12, 7], [3, 4], [8, 8, 8, 2, 11], [6], [7, 7]]
+    slots = [1, 0, -1, 1, 0]
+    got = aj.generate(model, params, prompts, 6, adapter_ids=slots, ignore_eos=True)
+    for p, s, out in zip(prompts, slots, got):
+        setup = dataclasses.replace(model.adapters, bank=None, active=() if s < 0 else (f"a{s}",))
+        want = aj.generate(model.clone(adapters=setup), params, [p], 6, ignore_eos=True)[0]
+        assert out.ids == want.ids, (s, out.ids, want.ids)

@@ -346,14 +346,14 @@ def test_sigterm_drains_in_flight_requests_then_exits(llama):
     assert proc.wait(timeout=30) == 0
 
 
-def test_a_prefix_adapter_of_another_length_is_refused():
-    """Every slot runs the bank's (static) prefix length, so a shorter prefix adapter cannot be served exactly."""
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_a_prefix_or_prompt_adapter_of_another_length_is_refused(method):
+    """Every slot runs the bank's (static) prefix and prompt lengths, so a shorter one cannot be served exactly."""
     from adapters_jax import configs
     from adapters_jax.serve import residency
 
-    template = residency.Template("bank", configs.parse("prefix_tuning[prefix_length=5]"), 64, {}, {}, 8)
-    same = configs.NamedAdapter("p5", "", configs.parse("prefix_tuning[prefix_length=5]"))
-    residency.check_fits(same, template)
-    shorter = configs.NamedAdapter("p3", "", configs.parse("prefix_tuning[prefix_length=3]"))
-    with pytest.raises(configs.AdapterConfigError, match=r"prefix length \[3\].*\[5\]"):
-        residency.check_fits(shorter, template)
+    spec = lambda n: configs.parse(f"{method}_tuning[{method}_length={n}]")  # noqa: E731
+    template = residency.Template("bank", spec(5), 64, {}, {}, 8)
+    residency.check_fits(configs.NamedAdapter("p5", "", spec(5)), template)
+    with pytest.raises(configs.AdapterConfigError, match=rf"{method} length \[3\].*\[5\].*{method} adapters of one"):
+        residency.check_fits(configs.NamedAdapter("p3", "", spec(3)), template)

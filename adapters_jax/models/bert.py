@@ -91,12 +91,14 @@ class Embeddings(nn.Module):
         w_BxSxD, mask_BxS, n_prompt = hooks.prompt(self, w_BxSxD, mask_BxT, word_embeddings.embedding)
         b, s = mask_BxS.shape
         token_types_BxS = jnp.pad(token_types_BxT, ((0, 0), (n_prompt, 0)))
-        if c.model_type == "roberta":  # HF create_position_ids_from_input_ids; prompts count as tokens
-            not_pad_BxS = jnp.pad((ids_BxT != c.pad_token_id).astype(jnp.int32), ((0, 0), (n_prompt, 0)),
-                                  constant_values=1)
+        if c.model_type == "roberta":  # HF create_position_ids_from_input_ids; the prompt positions a row sees count
+            not_pad_BxS = jnp.concatenate([mask_BxS[:, :n_prompt].astype(jnp.int32),
+                                           (ids_BxT != c.pad_token_id).astype(jnp.int32)], axis=1)
             positions_BxS = jnp.cumsum(not_pad_BxS, axis=1) * not_pad_BxS + c.pad_token_id
         else:
-            positions_BxS = jnp.broadcast_to(jnp.arange(s), (b, s))
+            positions_BxS = jnp.broadcast_to(jnp.arange(s - n_prompt), (b, s - n_prompt))
+            if n_prompt:
+                positions_BxS = hooks.positions_after_prompt(mask_BxS, n_prompt, positions_BxS)
         h_BxSxD = w_BxSxD + Embed(c.max_position_embeddings, c.hidden_size, name="position_embeddings", **kw)(positions_BxS)
         h_BxSxD = h_BxSxD + Embed(c.type_vocab_size, c.hidden_size, name="token_type_embeddings", **kw)(token_types_BxS)
         h_BxSxD = LayerNorm(c.layer_norm_eps, name="LayerNorm", **kw)(h_BxSxD)

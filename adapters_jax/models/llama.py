@@ -274,12 +274,11 @@ class LlamaModel(nn.Module):
             mask_BxS = None  # no padding: the causal mask alone
         s = t + n_prompt
         if positions_BxT is None:
-            positions_BxT = jnp.broadcast_to(jnp.arange(s), (b, s))
-        elif n_prompt:  # positions are counted over the soft prompt in front (PEFT)
-            positions_BxT = jnp.concatenate([jnp.broadcast_to(jnp.arange(n_prompt), (b, n_prompt)),
-                                             positions_BxT + n_prompt], axis=1)
+            positions_BxT = jnp.broadcast_to(jnp.arange(t), (b, t))
+        if n_prompt:  # positions are counted over the soft prompt in front (PEFT), the positions each row sees
+            positions_BxT = hooks.positions_after_prompt(mask_BxS, n_prompt, positions_BxT)
         elif not prefill:  # a decode step: the soft prompt the prefill put in front still counts
-            positions_BxT = positions_BxT + hooks.prompt_length(self)
+            positions_BxT = positions_BxT + hooks.prompt_counts(self, b)[:, None]
         cos_BxSxK, sin_BxSxK = rope_cos_sin(positions_BxT, c.head_dim, c.rope_theta)
         if prefill:
             prefixes = hooks.prefixes(self, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, c.hidden_size,

@@ -11,10 +11,11 @@ for LoRA, the same scale for IA3, the same linen module applied per example
 (`jax.vmap` over the batch) for bottleneck and prefix adapters. ids[b] = -1
 runs the base there: the LoRA update is zeroed, the IA3 scale is one, the
 bottleneck output is the block's own, the prefix and prompt positions are
-masked out of attention. Members smaller than the bank (LoRA rank, bottleneck
-size, prefix length) are zero-padded by adapters_jax/bank.py; padded rows and
-columns add exactly nothing, padded prefix positions are masked out of attention
-(`prefix_seen`: masked keys get exactly zero weight). Dropout inside a banked adapter draws per example.
+masked out of attention (and not counted in the tokens' positions). Members
+smaller than the bank (LoRA rank, bottleneck size, prefix and prompt length) are
+zero-padded by adapters_jax/bank.py; padded rows and columns add exactly nothing,
+padded prefix and prompt positions are masked out of attention (`seen`: masked
+keys get exactly zero weight). Dropout inside a banked adapter draws per example.
 """
 from __future__ import annotations
 
@@ -79,13 +80,20 @@ def ia3(p, size: int, h_BxTxN, ids_B, dtype):
     return h_BxTxN * l_BxN[:, None, :]
 
 
-def prefix_seen(bank, config, ids_B, length: int):
-    """[B, P] which of the bank's P prefix positions (of prefix method `config`) example b attends to: the first
-    prefix_length of its slot's member (the rest is padding); none for id -1."""
-    which = [m for m in bank.methods if m.method == config.method].index(config)
-    lengths_K = np.asarray([ls[which] for ls in bank.prefix_lengths], np.int32)
+def seen(bank, config, ids_B, length: int):
+    """[B, P] which of the bank's P positions of prefix- or prompt-tuning method `config` example b uses: the
+    first n of its slot's member, n its true length (the rest is padding); none for id -1."""
+    lengths_K = np.asarray(bank.lengths(config), np.int32)
     idx_B, valid_B = slots(ids_B, bank.size)
     return valid_B[:, None] & (jnp.arange(length)[None, :] < jnp.asarray(lengths_K)[idx_B][:, None])
+
+
+def right_align(x_BxPxD, seen_BxP):
+    """(x, seen) with each example's seen rows (the first n of P) moved to the end, after its P - n unseen ones:
+    a shorter soft prompt then sits right before the tokens, as it does alone (sliding windows count slots)."""
+    p = seen_BxP.shape[1]
+    src_BxP = jnp.arange(p)[None, :] - (p - seen_BxP.sum(1))[:, None]
+    return jnp.take_along_axis(x_BxPxD, jnp.maximum(src_BxP, 0)[..., None], axis=1), src_BxP >= 0
 
 
 def per_example(single, p, size: int, ids_B, args_B: tuple, static: tuple = (), rng=None):

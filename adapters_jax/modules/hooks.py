@@ -277,12 +277,15 @@ class PromptPool(nn.Module):
             p_PxD = SoftPrompt(c, table_VxD, name=n)().astype(w_BxTxD.dtype)
             parts.append(jnp.broadcast_to(p_PxD, (b,) + p_PxD.shape))
             masks.append(jnp.ones((b, p_PxD.shape[0]), mask_BxT.dtype))
-        for n, c in self.adapters.bank_methods(PromptTuning):  # each example its slot's prompt; id -1: masked out
+        # each example its slot's prompt, right before the tokens; a shorter member's padding and id -1 masked out
+        for n, c in self.adapters.bank_methods(PromptTuning):
             size, ids_B = self.adapters.bank.size, _bank_ids(self)
             p = banked.Stacked(lambda: (SoftPrompt(c, table_VxD, parent=None), ()), size, name=n)()
-            idx_B, valid_B = banked.slots(ids_B, size)
-            parts.append(p["prompt_embedding"][idx_B].astype(w_BxTxD.dtype))
-            masks.append(jnp.broadcast_to(valid_B[:, None], (b, c.prompt_length)).astype(mask_BxT.dtype))
+            idx_B, _ = banked.slots(ids_B, size)
+            rows_BxPxD, seen_BxP = banked.right_align(p["prompt_embedding"][idx_B],
+                                                      banked.seen(self.adapters.bank, c, ids_B, c.prompt_length))
+            parts.append(rows_BxPxD.astype(w_BxTxD.dtype))
+            masks.append(seen_BxP.astype(mask_BxT.dtype))
         w_BxSxD = jnp.concatenate(parts + [w_BxTxD], axis=1)
         mask_BxS = jnp.concatenate(masks + [mask_BxT], axis=1)
         return w_BxSxD, mask_BxS, w_BxSxD.shape[1] - w_BxTxD.shape[1]
@@ -310,7 +313,7 @@ class PrefixPool(nn.Module):
             p = banked.Stacked(lambda: (single, (1, True)), size, name=n)()
             rng = _rng(self, deterministic, c.dropout)
             kv = banked.per_example(single, p, size, ids_B, (), (1, deterministic), rng)
-            kvs.append((c, kv, banked.prefix_seen(self.adapters.bank, c, ids_B, kv.shape[1])))
+            kvs.append((c, kv, banked.seen(self.adapters.bank, c, ids_B, kv.shape[1])))
         per_layer = []
         setup = self.adapters
         for i in range(self.n_layers):
@@ -343,6 +346,24 @@ def prompt(module, w_BxTxD, mask_BxT, table_VxD):
 def prompt_length(module) -> int:
     """How many soft-prompt positions `prompt` puts in front of the tokens (0 without prompt adapters)."""
     return sum(c.prompt_length for _, c in _active(module, PromptTuning) + _banked(module, PromptTuning))
+
+
+def prompt_counts(module, batch: int):
+    """[B] how many of those positions each example sees (its mask's ones): every active prompt's length plus
+    its bank slot member's (0 for id -1). A decode step, which has no prompt in front, counts from there."""
+    n_B = jnp.full((batch,), sum(c.prompt_length for _, c in _active(module, PromptTuning)), jnp.int32)
+    for _, c in _banked(module, PromptTuning):
+        n_B = n_B + banked.seen(module.adapters.bank, c, _bank_ids(module), c.prompt_length).sum(1)
+    return n_B
+
+
+def positions_after_prompt(mask_BxS, n_prompt: int, positions_BxT):
+    """Positions [B, P+T] for `prompt`'s output: the soft positions an example sees numbered 0, 1, ... (the
+    unseen ones 0; they are masked), its tokens' positions moved on by how many it sees (PEFT numbers the
+    prompt first). A bank member's shorter prompt, or none for id -1, so gives each token its position alone."""
+    soft_BxP = mask_BxS[:, :n_prompt].astype(jnp.int32)
+    return jnp.concatenate([jnp.maximum(jnp.cumsum(soft_BxP, axis=1) - 1, 0),
+                            positions_BxT + soft_BxP.sum(1, keepdims=True)], axis=1)
 
 
 def prefixes(module, n_layers, n_kv_heads, head_dim, hidden, batch, deterministic):

@@ -22,7 +22,7 @@ import numpy as np
 
 from adapters_jax import configs, paths
 from adapters_jax.bank import _shape_of
-from adapters_jax.configs import AdapterConfigError, LoRA, NamedAdapter, PrefixTuning
+from adapters_jax.configs import AdapterConfigError, LoRA, NamedAdapter, PrefixTuning, PromptTuning
 
 SAVED_FORMAT = "adapters_jax.adapter/1"
 
@@ -82,10 +82,13 @@ def check_fits(member: NamedAdapter, template: Template) -> None:
         raise AdapterConfigError(f"adapter {member.name!r} ({member.spec}) does not fit the server's bank "
                                  f"({configs.to_string(template.methods)}): larger rank or bottleneck; start the "
                                  "server with a larger --bank")
-    lengths = lambda methods: [m.prefix_length for m in methods if isinstance(m, PrefixTuning)]  # noqa: E731
-    if lengths(member.methods) != lengths(template.methods):  # every slot runs the placeholder's (static) length
-        raise AdapterConfigError(f"adapter {member.name!r} has prefix length {lengths(member.methods)}, the server's "
-                                 f"bank {lengths(template.methods)}: a server serves prefix adapters of one length")
+    for cls, attr in ((PrefixTuning, "prefix_length"), (PromptTuning, "prompt_length")):
+        lengths = lambda methods: [getattr(m, attr) for m in methods if isinstance(m, cls)]  # noqa: E731
+        if lengths(member.methods) != lengths(template.methods):  # every slot runs the placeholder's (static) length
+            what = attr.split("_")[0]
+            raise AdapterConfigError(f"adapter {member.name!r} has {what} length {lengths(member.methods)}, the "
+                                     f"server's bank {lengths(template.methods)}: a server serves {what} adapters "
+                                     "of one length")
 
 
 def read(path, name: str, base, template: Template) -> HostAdapter:

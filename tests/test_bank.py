@@ -11,6 +11,7 @@ import pytest
 import adapters_jax as aj
 from adapters_jax import bank, paths
 from adapters_jax.errors import ConfigError
+from adapters_jax.modules import banked
 
 FIX = Path(__file__).parent / "fixtures"
 TOL = 1e-5
@@ -60,14 +61,17 @@ def alone(model, params, name, ids, mask):
 
 # the union (LoRA, IA3, Pfeiffer, prefix) covers IA3 and LoRA on Llama; heterogeneous LoRA ranks and prefix lengths
 # run on RoBERTa (equal prefix lengths: the Llama union)
-CASES = ([("tiny-roberta", m) for m in ("lora", "houlsby", "prefix_het", "prompt_het")]
+# LoRA twice: the few-tokens path (every slot's A and B, one-hot weights; T x K = 28 here) and the gather path
+CASES = ([("tiny-roberta", m) for m in ("lora", "lora_gather", "houlsby", "prefix_het", "prompt_het")]
          + [("tiny-bert-bf16", "prompt_het"), ("tiny-mistral", "prompt_het")]
          + [("tiny-llama", m) for m in ("union", "par_bn", "prompt_het")])
 
 
 @pytest.mark.parametrize("fixture,method", CASES)
-def test_each_example_equals_its_adapter_alone(fixture, method):
-    model, params = members(fixture, MEMBERS[method])
+def test_each_example_equals_its_adapter_alone(fixture, method, monkeypatch):
+    if method == "lora_gather":
+        monkeypatch.setattr(banked, "ALL_SLOTS_MAX_TK", 0)
+    model, params = members(fixture, MEMBERS[method.removesuffix("_gather")])
     model, params = bank.build((model, params), ["a0", "a1", "a2"], size=4)
     model = aj.activate(model)  # only the bank runs
     ids, mask = inputs(6, 7, model.config.vocab_size)

@@ -90,6 +90,9 @@ def server(tmp_path_factory):
     aj.save_adapter(d / "corrupt", model, params, "late")
     w = d / "corrupt" / "adapter.safetensors"
     w.write_bytes(w.read_bytes()[:100])
+    flat = paths.flat(params)
+    nan_at = next(k for k in sorted(flat) if paths.adapter_of(k) == "late" and k.endswith("lora_B"))
+    aj.save_adapter(d / "nan", model, paths.unflat({**flat, nan_at: flat[nan_at].at[0, 0].set(np.nan)}), "late")
     log = d / "server.log"
     proc, url = start(["--model", str(FIX / "tiny-llama"), "--adapters", str(d / "adapters"), "--max-resident", "2",
                        "--max-batch", "2", "--max-queue", "8", "--max-model-len", "32"], log)
@@ -260,6 +263,8 @@ def test_bad_adapter_directories_are_refused_with_the_cause(llama):
     assert r.status_code == 400 and "another base" in r.json()["error"]["message"]
     r = httpx.post(url + "/v1/load_adapter", json={"lora_name": "x", "lora_path": str(d / "corrupt")}, timeout=60)
     assert r.status_code == 400 and "cannot be read" in r.json()["error"]["message"]
+    r = httpx.post(url + "/v1/load_adapter", json={"lora_name": "x", "lora_path": str(d / "nan")}, timeout=60)
+    assert r.status_code == 400 and "lora_B holds NaN or infinite values" in r.json()["error"]["message"]
     r = httpx.post(url + "/v1/load_lora_adapter", json={"lora_name": "x"})
     assert r.status_code == 400 and "lora_path" in r.json()["error"]["message"]
     ok = httpx.post(url + "/v1/completions", json={"model": "t2", "prompt": [1, 2], "max_tokens": 2}, timeout=60)

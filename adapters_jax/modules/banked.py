@@ -62,14 +62,30 @@ def gather(tree, idx_B):
     return jax.tree_util.tree_map(lambda a: a[idx_B], tree)
 
 
+# tokens per example x slots at or below which banked.lora multiplies every slot's A and B instead of gathering
+# each example's: at decode shapes (t=1, 32 slots) the [B, in, r] gathers cost more than the arithmetic they
+# save (MiniLM-L6 b32 t1, 32 adapters: 0.63 -> 0.84 of the one-adapter forward, bench/results/README.md)
+ALL_SLOTS_MAX_TK = 64
+
+
 def lora(p, scaling_K: np.ndarray, x_BxTxI, ids_B, rate: float, rng, dtype):
-    """Each example's LoRA update (alpha/r) * dropout(x) A B with its slot's A, B and scaling; 0 for id -1."""
-    idx_B, valid_B = slots(ids_B, scaling_K.shape[0])
+    """Each example's LoRA update (alpha/r) * dropout(x) A B with its slot's A, B and scaling; 0 for id -1.
+
+    Few tokens and slots (T * K <= ALL_SLOTS_MAX_TK): x A_k for every slot k, then each example's own slot
+    kept (a one-hot weight carrying its scaling) and multiplied with every B_k: the other slots add exact
+    zeros. Otherwise each example's A and B are gathered ([B, in, r], [B, r, out]) and multiplied.
+    """
+    k = scaling_K.shape[0]
+    idx_B, valid_B = slots(ids_B, k)
     if rng is not None and rate > 0.0:
         x_BxTxI = dropout(x_BxTxI, rate, rng)
+    s_B = jnp.where(valid_B, jnp.asarray(scaling_K, dtype)[idx_B], 0)
+    if x_BxTxI.shape[1] * k <= ALL_SLOTS_MAX_TK:
+        h_BxTxKxR = jnp.einsum("bti,kir->btkr", x_BxTxI, p["lora_A"].astype(dtype))
+        w_BxK = jax.nn.one_hot(idx_B, k, dtype=dtype) * s_B[:, None]
+        return jnp.einsum("btkr,kro->bto", h_BxTxKxR * w_BxK[:, None, :, None], p["lora_B"].astype(dtype))
     h_BxTxR = jnp.einsum("bti,bir->btr", x_BxTxI, p["lora_A"][idx_B].astype(dtype))
     up_BxTxO = jnp.einsum("btr,bro->bto", h_BxTxR, p["lora_B"][idx_B].astype(dtype))
-    s_B = jnp.where(valid_B, jnp.asarray(scaling_K, dtype)[idx_B], 0)
     return up_BxTxO * s_B[:, None, None]
 
 

@@ -130,6 +130,9 @@ def read(path, name: str, base, template: Template) -> HostAdapter:
     labels = None
     if template.head_leaves:
         labels = _read_head(path, name, template, tensors)
+    for bank_path, v in tensors.items():  # a NaN in one slot must not reach the others' rows (banked.lora's
+        if not np.isfinite(v).all():      # small-batch path sums every slot's product, weighted 0 but for one)
+            raise AdapterConfigError(f"adapter {name!r} ({path}): {bank_path} holds NaN or infinite values")
     return HostAdapter(name, member, tensors, labels, str(path))
 
 

@@ -142,9 +142,15 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--scale", type=int, default=0)
+    p.add_argument("--lora-all-slots-max-tk", type=int, default=None,
+                   help="banked.ALL_SLOTS_MAX_TK for this run (0: always gather; an A/B of the LoRA paths)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     flags = _setup(a.model)
+    from adapters_jax.modules import banked
+
+    if a.lora_all_slots_max_tk is not None:
+        banked.ALL_SLOTS_MAX_TK = a.lora_all_slots_max_tk
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [scale(a.model, a.scale)] if a.scale else [
@@ -154,7 +160,7 @@ def main() -> None:
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     for row in rows:
-        row |= {"xla_flags": flags, "commit": commit, "load_avg": list(map(float, open("/proc/loadavg").read().split()[:3]))}
+        row |= {"lora_all_slots_max_tk": banked.ALL_SLOTS_MAX_TK, "xla_flags": flags, "commit": commit, "load_avg": list(map(float, open("/proc/loadavg").read().split()[:3]))}
         print(json.dumps(row), flush=True)
     common.append_rows(out, rows)
     if not a.scale:

@@ -64,7 +64,7 @@ def gather(tree, idx_B):
 
 # tokens per example x slots at or below which banked.lora multiplies every slot's A and B instead of gathering
 # each example's: at decode shapes (t=1, 32 slots) the [B, in, r] gathers cost more than the arithmetic they
-# save (MiniLM-L6 b32 t1, 32 adapters: 0.63 -> 0.84 of the one-adapter forward, bench/results/README.md)
+# save (MiniLM-L6 b32 t1, 32 adapters: 0.68 -> 0.85 of the one-adapter forward, bench/results/README.md)
 ALL_SLOTS_MAX_TK = 64
 
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapters_jax.primitives import activation, dropout
+from adapters_jax.primitives import dropout
 
 
 class Stacked(nn.Module):
@@ -80,39 +80,13 @@ def lora(p, scaling_K: np.ndarray, x_BxTxI, ids_B, rate: float, rng, dtype):
     if rng is not None and rate > 0.0:
         x_BxTxI = dropout(x_BxTxI, rate, rng)
     s_B = jnp.where(valid_B, jnp.asarray(scaling_K, dtype)[idx_B], 0)
-    if all_slots(x_BxTxI.shape[1], k):
+    if x_BxTxI.shape[1] * k <= ALL_SLOTS_MAX_TK:
         h_BxTxKxR = jnp.einsum("bti,kir->btkr", x_BxTxI, p["lora_A"].astype(dtype))
         w_BxK = jax.nn.one_hot(idx_B, k, dtype=dtype) * s_B[:, None]
         return jnp.einsum("btkr,kro->bto", h_BxTxKxR * w_BxK[:, None, :, None], p["lora_B"].astype(dtype))
     h_BxTxR = jnp.einsum("bti,bir->btr", x_BxTxI, p["lora_A"][idx_B].astype(dtype))
     up_BxTxO = jnp.einsum("btr,bro->bto", h_BxTxR, p["lora_B"][idx_B].astype(dtype))
     return up_BxTxO * s_B[:, None, None]
-
-
-def all_slots(t: int, size: int) -> bool:
-    """Whether a bank of `size` slots computes every slot for each of t tokens (few tokens x slots) instead of
-    gathering each example's params (`ALL_SLOTS_MAX_TK`)."""
-    return t * size <= ALL_SLOTS_MAX_TK
-
-
-def bottleneck(p, config, ids_B, x_BxTxD, residual_BxTxD, dtype):
-    """modules/bottleneck.BottleneckAdapter with each example's slot, for few tokens x slots: every slot's down
-    and up projections, each example's own kept by one-hot weights between them (the other slots add exact
-    zeros), its up bias and learned scaling gathered. Without adapter LayerNorms or dropout (the caller checks
-    `config.ln_before`, `ln_after` and dropout; per_example runs those)."""
-    c = config
-    k = p["adapter_down"]["kernel"].shape[0]
-    idx_B, _ = slots(ids_B, k)
-    down_BxTxKxM = (jnp.einsum("btd,kdm->btkm", x_BxTxD.astype(dtype), p["adapter_down"]["kernel"].astype(dtype))
-                    + p["adapter_down"]["bias"].astype(dtype))
-    act_BxTxKxM = activation(c.non_linearity)(down_BxTxKxM) * jax.nn.one_hot(idx_B, k, dtype=dtype)[:, None, :, None]
-    up_BxTxD = (jnp.einsum("btkm,kmd->btd", act_BxTxKxM, p["adapter_up"]["kernel"].astype(dtype))
-                + p["adapter_up"]["bias"][idx_B].astype(dtype)[:, None, :])
-    if c.scaling in ("learned", "channel"):
-        up_BxTxD = up_BxTxD * p["scaling"][idx_B].astype(dtype)[:, None, :]
-    elif c.scaling != 1.0:
-        up_BxTxD = up_BxTxD * c.scaling
-    return up_BxTxD if c.is_parallel else up_BxTxD + residual_BxTxD
 
 
 def ia3(p, size: int, h_BxTxN, ids_B, dtype):

@@ -215,9 +215,6 @@ def _bottleneck(module, location, h_BxTxD, x_in_BxTxD, layer_norm, deterministic
         rng = _rng(group, deterministic, c.dropout)
 
         def slot_adapter(x_BxTxD, residual_BxTxD, det):
-            if (banked.all_slots(x_BxTxD.shape[1], size) and not (c.ln_before or c.ln_after)
-                    and (det or c.dropout == 0.0)):
-                return banked.bottleneck(p, c, ids_B, x_BxTxD, residual_BxTxD, module.dtype)
             return banked.per_example(single, p, size, ids_B, (x_BxTxD, residual_BxTxD), (det,), rng)
         with_bank = apply_stack(mods + [slot_adapter], cfgs + [c], h_BxTxD, x_in_BxTxD, layer_norm, deterministic)
         without = (apply_stack(mods, cfgs, h_BxTxD, x_in_BxTxD, layer_norm, deterministic) if mods else

@@ -178,6 +178,10 @@ def plot(points: list[dict], spec: dict, scale: float, out_stem: Path) -> list[P
             ax.plot([k for k, _ in pv], [v for _, v in pv], "k--", marker="x", label="paper")
         if spec.get("xscale") in ("log", "linear"):
             ax.set_xscale(spec["xscale"])
+        elif sum(len(t.get_text()) for t in ax.get_xticklabels()) > 40:  # long category names: slanted
+            ax.tick_params(axis="x", labelrotation=30)
+            for t in ax.get_xticklabels():
+                t.set_horizontalalignment("right")
         ax.set_xlabel(kx.rsplit(".", 1)[-1])
         ax.set_ylabel(metric + (" (%)" if scale == 100 else ""))
         if ks or spec.get("paper_values"):
@@ -186,8 +190,9 @@ def plot(points: list[dict], spec: dict, scale: float, out_stem: Path) -> list[P
     ax.set_title(spec.get("title", out_stem.name), fontsize=10)
     fig.tight_layout()
     paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]
-    for p in paths:
-        fig.savefig(p, dpi=120)
+    for p in paths:  # no date, fixed element ids: a rerun on the same rows writes the same bytes
+        with plt.rc_context({"svg.hashsalt": "adapters_jax"}):
+            fig.savefig(p, dpi=120, metadata={"Date": None})
     plt.close(fig)
     return paths
 

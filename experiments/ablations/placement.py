@@ -36,7 +36,7 @@ def sweep():
 
 REPORT = {
     "title": "Adapter placement and form at matched parameters (He et al. 2022)",
-    "x": "ablation.form", "xscale": "category", "baseline": {"ablation.form": "houlsby_m32"},
+    "x": "ablation.form", "xscale": "category", "order": list(FORMS), "baseline": {"ablation.form": "houlsby_m32"},
     "paper": "He et al. 2022, Towards a Unified View of Parameter-Efficient Transfer Learning, Tables 2-5 "
              "(SST-2: every placement within ~0.5 points); Pfeiffer et al. 2021, AdapterFusion, Appendix A.2.",
 }

@@ -75,3 +75,19 @@ def test_gradient_bytes_are_what_the_step_differentiates(asset_path):
     assert grad < params / 10
     full = train_setup({**cfg, "method": "full"})
     assert full.gradient_bytes() == tree_bytes(full.params)
+
+
+def test_adapterdrop_speed_writes_a_row_per_mode_layer_count_and_round(tmp_path):
+    """bench/adapterdrop_speed.py on the tiny RoBERTa (2 layers): n = 0, 1, 2 for train and forward, 2 rounds
+    (no timing asserted; the rows and the table's speed-up of n = 0 against itself)."""
+    out = tmp_path / "ad.jsonl"
+    p = subprocess.run([sys.executable, str(ROOT / "bench/adapterdrop_speed.py"), "--model",
+                        str(ROOT / "tests/fixtures/tiny-roberta"), "--spec", "houlsby[bottleneck=4]", "--batch", "2",
+                        "--seq", "8", "--rounds", "2", "--warmup", "1", "--steps", "1", "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["mode"], r["dropped_layers"], r["round"]) for r in rows) == sorted(
+        (m, n, r) for m in ("train", "forward") for n in range(3) for r in range(2))
+    assert all(r["seconds"] > 0 for r in rows)
+    assert "| train speed-up | 1.00 |" in p.stdout

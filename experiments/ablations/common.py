@@ -22,11 +22,12 @@ def recipe(max_steps: int = 0, epochs: int = 1, **ablation) -> ml_collections.Co
     return c
 
 
-def lora(r: int, roles=("q", "v")) -> str:
-    """A LoRA config string on the attention projections `roles` (q, k, v, attn_out), alpha = r."""
+def lora(r: int, roles=("q", "v"), alpha: float | None = None) -> str:
+    """A LoRA config string on the attention projections `roles` (q, k, v, attn_out), alpha = r unless given."""
+    alpha = float(r if alpha is None else alpha)
     if set(roles) <= {"q", "k", "v"}:
-        return to_string((LoRA(r=r, alpha=float(r), attn_matrices=tuple(roles)),))
-    return to_string((LoRA(r=r, alpha=float(r), target=paths.roles_regex(roles) + "$"),))
+        return to_string((LoRA(r=r, alpha=alpha, attn_matrices=tuple(roles)),))
+    return to_string((LoRA(r=r, alpha=alpha, target=paths.roles_regex(roles) + "$"),))
 
 
 def houlsby(m: int, **kw) -> str:

@@ -14,6 +14,10 @@ from adapters_jax.configs import (AdapterConfigError, LoRA, MethodConfig, NamedA
                                   parse, to_string)
 
 
+# the methods whose members may differ in length within a bank, and that length's field (padded, masked)
+LENGTH_FIELDS = ((PrefixTuning, "prefix_length"), (PromptTuning, "prompt_length"))
+
+
 @dataclass(frozen=True)
 class Bank:
     """K adapters of one setup stacked on a leading axis (adapters_jax/bank.py): each example picks a slot.
@@ -40,7 +44,7 @@ class Bank:
     def __post_init__(self):
         object.__setattr__(self, "scalings", tuple(
             float(a.of(LoRA)[0].scaling) if a is not None and a.of(LoRA) else 0.0 for a in self.slots))
-        for cls, attr in ((PrefixTuning, "prefix_length"), (PromptTuning, "prompt_length")):
+        for cls, attr in LENGTH_FIELDS:
             full = tuple(getattr(m, attr) for m in self.of(cls))
             object.__setattr__(self, f"{attr}s", tuple(
                 full if a is None else tuple(getattr(m, attr) for m in a.of(cls)) for a in self.slots))

@@ -22,7 +22,8 @@ import numpy as np
 
 from adapters_jax import configs, paths
 from adapters_jax.bank import _shape_of
-from adapters_jax.configs import AdapterConfigError, LoRA, NamedAdapter, PrefixTuning, PromptTuning
+from adapters_jax.adapter_setup import LENGTH_FIELDS
+from adapters_jax.configs import AdapterConfigError, LoRA, NamedAdapter
 
 SAVED_FORMAT = "adapters_jax.adapter/1"
 
@@ -82,7 +83,7 @@ def check_fits(member: NamedAdapter, template: Template) -> None:
         raise AdapterConfigError(f"adapter {member.name!r} ({member.spec}) does not fit the server's bank "
                                  f"({configs.to_string(template.methods)}): larger rank or bottleneck; start the "
                                  "server with a larger --bank")
-    for cls, attr in ((PrefixTuning, "prefix_length"), (PromptTuning, "prompt_length")):
+    for cls, attr in LENGTH_FIELDS:
         lengths = lambda methods: [getattr(m, attr) for m in methods if isinstance(m, cls)]  # noqa: E731
         if lengths(member.methods) != lengths(template.methods):  # every slot runs the placeholder's (static) length
             what = attr.split("_")[0]

@@ -217,8 +217,11 @@ class Dropout(nn.Module):
         return dropout(x, self.rate, self.make_rng("dropout"))
 
 
-@functools.partial(jax.checkpoint, static_argnums=(4,))
-def _attention_probs(q_BxTxNxGxK, k_BxSxNxK, bias_Bx1xTxS, dropout_rng, dropout_rate: float):
+KV_LAYOUTS = {"BSNK": "bsnk", "BNSK": "bnsk"}  # keys/values slot-major (projections) or heads-major (KV cache)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(4, 5))
+def _attention_probs(q_BxTxNxGxK, k_BxSxNxK, bias_Bx1xTxS, dropout_rng, dropout_rate: float, kv_layout: str):
     """softmax(q k^T / sqrt(K) + bias), dropped out: recomputed in the backward pass, not stored.
 
     The [B, H, T, S] probabilities (and their logits) are the largest activation
@@ -227,7 +230,7 @@ def _attention_probs(q_BxTxNxGxK, k_BxSxNxK, bias_Bx1xTxS, dropout_rng, dropout_
     head. SmolLM2-135M batch 8 seq 128: bench/results/README.md.
     """
     k = q_BxTxNxGxK.shape[-1]
-    logits = jnp.einsum("btngk,bsnk->bngts", q_BxTxNxGxK, k_BxSxNxK).astype(jnp.float32)
+    logits = jnp.einsum(f"btngk,{KV_LAYOUTS[kv_layout]}->bngts", q_BxTxNxGxK, k_BxSxNxK).astype(jnp.float32)
     logits = logits / jnp.sqrt(jnp.float32(k))
     if bias_Bx1xTxS is not None:
         logits = logits + bias_Bx1xTxS[:, :, None].astype(jnp.float32)
@@ -242,18 +245,30 @@ def attention(
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
     deterministic: bool = True,
+    kv_layout: str = "BSNK",
 ) -> jax.Array:
     """Scaled dot-product attention with grouped-query heads (H query heads share N kv heads).
 
     The softmax is taken in float32; `bias` is additive (0 or a large negative number).
-    Returns [B, T, H, K].
+    `kv_layout` "BNSK": keys and values are [B, N, S, K] (the KV cache's layout, models/kv_cache.py):
+    XLA:CPU then runs the batched (b, n) products without moving the cache; with [B, S, N, K] it copies
+    every layer's keys and values to that order first, and a SmolLM2 decode step's attention took
+    2.6x as long (bench/results/README.md). Returns [B, T, H, K].
     """
+    if kv_layout not in KV_LAYOUTS:
+        raise ValueError(f"kv_layout={kv_layout!r}; expected one of {sorted(KV_LAYOUTS)}")
     b, t, h, k = q_BxTxHxK.shape
-    n = k_BxSxNxK.shape[2]
+    n = k_BxSxNxK.shape[2 if kv_layout == "BSNK" else 1]
     q_BxTxNxGxK = q_BxTxHxK.reshape(b, t, n, h // n, k)
     rate = 0.0 if deterministic else dropout_rate  # rate 0: dropout is the identity and never reads the rng
-    probs = _attention_probs(q_BxTxNxGxK, k_BxSxNxK, bias_Bx1xTxS, dropout_rng if rate > 0.0 else None, rate)
-    out_BxTxNxGxK = jnp.einsum("bngts,bsnk->btngk", probs.astype(v_BxSxNxK.dtype), v_BxSxNxK)
+    probs = _attention_probs(q_BxTxNxGxK, k_BxSxNxK, bias_Bx1xTxS, dropout_rng if rate > 0.0 else None, rate,
+                             kv_layout)
+    probs = probs.astype(v_BxSxNxK.dtype)
+    if kv_layout == "BNSK":  # probs [B, N, G*T, S] as the left operand, v [B, N, S, K] untransposed on the right
+        g = h // n
+        out_BxNxGTxK = jax.lax.dot_general(probs.reshape(b, n, g * t, -1), v_BxSxNxK, (((3,), (2,)), ((0, 1), (0, 1))))
+        return out_BxNxGTxK.reshape(b, n, g, t, k).transpose(0, 3, 1, 2, 4).reshape(b, t, h, k)
+    out_BxTxNxGxK = jnp.einsum("bngts,bsnk->btngk", probs, v_BxSxNxK)
     return out_BxTxNxGxK.reshape(b, t, h, k)
 
 

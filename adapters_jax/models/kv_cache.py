@@ -3,7 +3,8 @@
 The cache is a plain dict pytree, so a jitted step takes it and returns it
 (donate it to update in place):
 
-    layers    per layer (k, v) [B, S, N, K]: S slots, N key/value heads
+    layers    per layer (k, v) [B, N, S, K]: N key/value heads, S slots (heads before slots: a decode
+              step's attention reads them in place; primitives.attention's kv_layout)
     mask      [B, S] int32: 1 where a slot holds a real token (not padding, not yet written)
     index     int32 scalar: the next slot to write; every row advances in lockstep
     prefixes  per layer (k, v) [B, P, N, K] of the active prefix adapters, stored by the prefill
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 
 def init(config, batch: int, slots: int, dtype=jnp.float32) -> dict:
     """An empty cache of `slots` positions per row for a llama.Config."""
-    shape = (batch, slots, config.num_key_value_heads, config.head_dim)
+    shape = (batch, config.num_key_value_heads, slots, config.head_dim)
     layers = tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.num_hidden_layers))
     return {"layers": layers, "mask": jnp.zeros((batch, slots), jnp.int32), "index": jnp.zeros((), jnp.int32),
             "prefixes": None}

@@ -165,7 +165,7 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, h_BxTxD, cos_BxTxK, sin_BxTxK, bias_Bx1xTxS, deterministic: bool = True, prefix=None,
                  kv=None):
-        """kv: None, or this layer's cache slots (k, v) [B, S, N, K] and the slot `index` to write the T new
+        """kv: None, or this layer's cache slots (k, v) [B, N, S, K] and the slot `index` to write the T new
         keys/values at; then returns (out, (k, v)) with the queries attending to every slot the bias allows."""
         c = self.config
         b, t, _ = h_BxTxD.shape
@@ -177,18 +177,20 @@ class Attention(nn.Module):
         q_BxTxHxK = apply_rope(q_BxTxHxK.reshape(b, t, -1, c.head_dim), cos_BxTxK, sin_BxTxK)
         k_BxTxNxK = apply_rope(k_BxTxNxK.reshape(b, t, -1, c.head_dim), cos_BxTxK, sin_BxTxK)
         v_BxTxNxK = v_BxTxNxK.reshape(b, t, -1, c.head_dim)
-        if kv is not None:  # write the new keys/values into their cache slots, attend over all slots
-            (k_BxSxNxK, v_BxSxNxK), index = kv
-            k_BxTxNxK = jax.lax.dynamic_update_slice(k_BxSxNxK, k_BxTxNxK.astype(k_BxSxNxK.dtype), (0, index, 0, 0))
-            v_BxTxNxK = jax.lax.dynamic_update_slice(v_BxSxNxK, v_BxTxNxK.astype(v_BxSxNxK.dtype), (0, index, 0, 0))
-            kv = (k_BxTxNxK, v_BxTxNxK)
+        layout = "BSNK"
+        if kv is not None:  # write the new keys/values into their cache slots [B, N, S, K], attend over all slots
+            (k_BxNxSxK, v_BxNxSxK), index = kv
+            write = lambda cache, x_BxTxNxK: jax.lax.dynamic_update_slice(
+                cache, x_BxTxNxK.transpose(0, 2, 1, 3).astype(cache.dtype), (0, 0, index, 0))
+            k_BxTxNxK, v_BxTxNxK = write(k_BxNxSxK, k_BxTxNxK), write(v_BxNxSxK, v_BxTxNxK)  # now [B, N, S, K]
+            kv, layout = (k_BxTxNxK, v_BxTxNxK), "BNSK"
         if prefix is not None:  # prefix tuning: un-rotated key/value positions in front (AdapterHub)
-            k_BxTxNxK, v_BxTxNxK, bias_Bx1xTxS = prepend(prefix, k_BxTxNxK, v_BxTxNxK, bias_Bx1xTxS)
+            k_BxTxNxK, v_BxTxNxK, bias_Bx1xTxS = prepend(prefix, k_BxTxNxK, v_BxTxNxK, bias_Bx1xTxS, layout)
         dropout_rng = None
         if not deterministic and c.attention_dropout > 0.0:
             dropout_rng = self.make_rng("dropout")
         ctx_BxTxHxK = layers.attention(
-            q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, bias_Bx1xTxS, c.attention_dropout, dropout_rng, deterministic
+            q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, bias_Bx1xTxS, c.attention_dropout, dropout_rng, deterministic, layout
         )
         o_proj = AdaptedLinear(c.hidden_size, use_bias=c.o_bias, name="o_proj", **kw)
         out_BxTxD = o_proj(ctx_BxTxHxK.reshape(b, t, -1), deterministic)

@@ -42,20 +42,24 @@ class PrefixKV(nn.Module):
         return kv_BxPxLx2xHxK
 
 
-def prepend(prefix, k_BxSxNxK, v_BxSxNxK, bias_Bx1x1xS):
+def prepend(prefix, k_BxSxNxK, v_BxSxNxK, bias_Bx1x1xS, kv_layout: str = "BSNK"):
     """Put a layer's prefix keys/values [B, P, N, K] in front of its own; the mask sees them.
 
     A third element seen [B, P] (an adapter bank's prefixes) hides the positions where it is False.
+    kv_layout "BNSK": the keys and values are [B, N, S, K] (a KV cache's, primitives.attention).
     """
     pk_BxPxNxK, pv_BxPxNxK = prefix[:2]
     b, p = pk_BxPxNxK.shape[:2]
-    k = jnp.concatenate([pk_BxPxNxK.astype(k_BxSxNxK.dtype), k_BxSxNxK], axis=1)
-    v = jnp.concatenate([pv_BxPxNxK.astype(v_BxSxNxK.dtype), v_BxSxNxK], axis=1)
+    axis = 1 if kv_layout == "BSNK" else 2
+    if axis == 2:
+        pk_BxPxNxK, pv_BxPxNxK = pk_BxPxNxK.transpose(0, 2, 1, 3), pv_BxPxNxK.transpose(0, 2, 1, 3)
+    k = jnp.concatenate([pk_BxPxNxK.astype(k_BxSxNxK.dtype), k_BxSxNxK], axis=axis)
+    v = jnp.concatenate([pv_BxPxNxK.astype(v_BxSxNxK.dtype), v_BxSxNxK], axis=axis)
     if len(prefix) == 3:
         dtype = bias_Bx1x1xS.dtype if bias_Bx1x1xS is not None else jnp.float32
         pbias_Bx1x1xP = jnp.where(prefix[2], 0.0, jnp.finfo(dtype).min).astype(dtype)[:, None, None, :]
         if bias_Bx1x1xS is None:
-            bias_Bx1x1xS = jnp.zeros((b, 1, 1, k_BxSxNxK.shape[1]), dtype)
+            bias_Bx1x1xS = jnp.zeros((b, 1, 1, k_BxSxNxK.shape[axis]), dtype)
         pbias = jnp.broadcast_to(pbias_Bx1x1xP, bias_Bx1x1xS.shape[:-1] + (p,))
         return k, v, jnp.concatenate([pbias, bias_Bx1x1xS], axis=-1)
     if bias_Bx1x1xS is not None:

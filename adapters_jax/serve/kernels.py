@@ -105,7 +105,7 @@ def _decode(model, params, token_B, cache, position_B, slots_B, temp_B, topk_B, 
 def _insert(cache, part, rows_n):
     """Copy the prefilled rows of `part` into rows `rows_n` of `cache` (an index >= B is dropped: padding)."""
     t = part["mask"].shape[1]
-    layers = tuple((k.at[rows_n, :t].set(pk, mode="drop"), v.at[rows_n, :t].set(pv, mode="drop"))
+    layers = tuple((k.at[rows_n, :, :t].set(pk, mode="drop"), v.at[rows_n, :, :t].set(pv, mode="drop"))
                    for (k, v), (pk, pv) in zip(cache["layers"], part["layers"]))
     row_mask_nxS = jnp.zeros((rows_n.shape[0], cache["mask"].shape[1]), jnp.int32).at[:, :t].set(part["mask"])
     out = {**cache, "layers": layers, "mask": cache["mask"].at[rows_n].set(row_mask_nxS, mode="drop")}
@@ -119,9 +119,10 @@ def _compact(cache, live_B):
     """Each live row's set slots moved to the front in order; dead rows emptied. Returns (cache, count_B)."""
     mask_BxS = cache["mask"] * live_B[:, None]
     order_BxS = jnp.argsort(1 - mask_BxS, axis=1, stable=True)
-    take = lambda x: jnp.take_along_axis(x, order_BxS.reshape(order_BxS.shape + (1,) * (x.ndim - 2)), axis=1)
+    take = lambda x_BxNxSxK: jnp.take_along_axis(x_BxNxSxK, order_BxS[:, None, :, None], axis=2)
     layers = tuple((take(k), take(v)) for k, v in cache["layers"])
-    return {**cache, "layers": layers, "mask": take(mask_BxS)}, mask_BxS.sum(1)
+    mask_BxS = jnp.take_along_axis(mask_BxS, order_BxS, axis=1)
+    return {**cache, "layers": layers, "mask": mask_BxS}, mask_BxS.sum(1)
 
 
 def _write(leaves, slot, values):

@@ -252,8 +252,8 @@ def attention(
     The softmax is taken in float32; `bias` is additive (0 or a large negative number).
     `kv_layout` "BNSK": keys and values are [B, N, S, K] (the KV cache's layout, models/kv_cache.py):
     XLA:CPU then runs the batched (b, n) products without moving the cache; with [B, S, N, K] it copies
-    every layer's keys and values to that order first, and a SmolLM2 decode step's attention took
-    2.6x as long (bench/results/README.md). Returns [B, T, H, K].
+    every layer's keys and values to that order first (~8% of a SmolLM2 batch-16 decode step's thunk
+    time; bench/results/README.md, "One decode step across commits"). Returns [B, T, H, K].
     """
     if kv_layout not in KV_LAYOUTS:
         raise ValueError(f"kv_layout={kv_layout!r}; expected one of {sorted(KV_LAYOUTS)}")

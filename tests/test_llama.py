@@ -297,3 +297,33 @@ def test_classification_head_on_decoder():
     out = model.apply({"params": params}, ref["input_ids"], ref["attention_mask"])
     assert out.shape == (3, 3)
     assert "head" in params and "embed_tokens" in params["model"]
+
+
+def test_attention_kv_layouts_agree():
+    """The KV cache's heads-major layout ([B, N, S, K]) computes what the projections' slot-major one does:
+    grouped-query heads, a padding/causal bias, dropout with the same key, and prefix keys/values in front."""
+    from adapters_jax import primitives
+    from adapters_jax.modules.prefix import prepend
+
+    ks = jax.random.split(jax.random.PRNGKey(0), 6)
+    b, t, s, h, n, k = 2, 3, 5, 6, 2, 8
+    q = jax.random.normal(ks[0], (b, t, h, k))
+    key, val = jax.random.normal(ks[1], (b, s, n, k)), jax.random.normal(ks[2], (b, s, n, k))
+    bias = jnp.where(jax.random.uniform(ks[3], (b, 1, t, s)) < 0.3, jnp.finfo(jnp.float32).min, 0.0)
+    heads_major = lambda x: x.transpose(0, 2, 1, 3)
+    for rate, deterministic in ((0.0, True), (0.4, False)):
+        ref = primitives.attention(q, key, val, bias, rate, ks[4], deterministic)
+        got = primitives.attention(q, heads_major(key), heads_major(val), bias, rate, ks[4], deterministic,
+                                   kv_layout="BNSK")
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-6, atol=1e-6)
+    prefix = (jax.random.normal(ks[5], (b, 4, n, k)), jax.random.normal(ks[4], (b, 4, n, k)),
+              jnp.asarray([[True, True, False, True], [False, True, True, True]]))
+    pk, pv, pbias = prepend(prefix, key, val, bias)
+    hk, hv, hbias = prepend(prefix, heads_major(key), heads_major(val), bias, kv_layout="BNSK")
+    np.testing.assert_array_equal(np.asarray(hk), np.asarray(heads_major(pk)))
+    np.testing.assert_array_equal(np.asarray(hbias), np.asarray(pbias))
+    ref = primitives.attention(q, pk, pv, pbias)
+    got = primitives.attention(q, hk, hv, hbias, kv_layout="BNSK")
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="kv_layout"):
+        primitives.attention(q, key, val, bias, kv_layout="SBNK")

@@ -8,7 +8,7 @@ MiniLM-L6, 300 steps of 32, seeds 0-2, on rt_polarity, tweet_sentiment and bbc_n
 {16, 32, 64}, Pfeiffer, parallel, LoRA (r=8, q/v), IA3, prefix tuning (10), full fine-tuning. Each row holds
 the accuracy, the trainable share and the training time. Budget: ~3.5 min per run on the 2-core CPU, 81
 runs, about 5 hours: run it with --only per task, or on a GPU. SmolLM2-135M through the instruct path is
-not in this grid yet (one instruct run is ~10 min here: experiments/configs/smollm2_alpaca_instruct.py).
+the other half: experiments/ablations/methods_smollm2.py (21 runs of ~10 min).
 """
 from adapters_jax.sweeps import grid
 from experiments.ablations import common

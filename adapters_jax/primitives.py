@@ -217,7 +217,7 @@ class Dropout(nn.Module):
         return dropout(x, self.rate, self.make_rng("dropout"))
 
 
-KV_LAYOUTS = {"BSNK": "bsnk", "BNSK": "bnsk"}  # keys/values slot-major (projections) or heads-major (KV cache)
+KV_LAYOUTS = ("BSNK", "BNSK")  # keys/values slot-major (projections) or heads-major (KV cache); S slots, N heads
 
 
 @functools.partial(jax.checkpoint, static_argnums=(4, 5))
@@ -230,7 +230,7 @@ def _attention_probs(q_BxTxNxGxK, k_BxSxNxK, bias_Bx1xTxS, dropout_rng, dropout_
     head. SmolLM2-135M batch 8 seq 128: bench/results/README.md.
     """
     k = q_BxTxNxGxK.shape[-1]
-    logits = jnp.einsum(f"btngk,{KV_LAYOUTS[kv_layout]}->bngts", q_BxTxNxGxK, k_BxSxNxK).astype(jnp.float32)
+    logits = jnp.einsum(f"btngk,{kv_layout.lower()}->bngts", q_BxTxNxGxK, k_BxSxNxK).astype(jnp.float32)
     logits = logits / jnp.sqrt(jnp.float32(k))
     if bias_Bx1xTxS is not None:
         logits = logits + bias_Bx1xTxS[:, :, None].astype(jnp.float32)
@@ -256,9 +256,9 @@ def attention(
     time; bench/results/README.md, "One decode step across commits"). Returns [B, T, H, K].
     """
     if kv_layout not in KV_LAYOUTS:
-        raise ValueError(f"kv_layout={kv_layout!r}; expected one of {sorted(KV_LAYOUTS)}")
+        raise ValueError(f"kv_layout={kv_layout!r}; expected one of {list(KV_LAYOUTS)}")
     b, t, h, k = q_BxTxHxK.shape
-    n = k_BxSxNxK.shape[2 if kv_layout == "BSNK" else 1]
+    n = k_BxSxNxK.shape[kv_layout.index("N")]
     q_BxTxNxGxK = q_BxTxHxK.reshape(b, t, n, h // n, k)
     rate = 0.0 if deterministic else dropout_rate  # rate 0: dropout is the identity and never reads the rng
     probs = _attention_probs(q_BxTxNxGxK, k_BxSxNxK, bias_Bx1xTxS, dropout_rng if rate > 0.0 else None, rate,

@@ -50,8 +50,8 @@ def prepend(prefix, k_BxSxNxK, v_BxSxNxK, bias_Bx1x1xS, kv_layout: str = "BSNK")
     """
     pk_BxPxNxK, pv_BxPxNxK = prefix[:2]
     b, p = pk_BxPxNxK.shape[:2]
-    axis = 1 if kv_layout == "BSNK" else 2
-    if axis == 2:
+    axis = kv_layout.index("S")  # primitives.KV_LAYOUTS
+    if kv_layout == "BNSK":
         pk_BxPxNxK, pv_BxPxNxK = pk_BxPxNxK.transpose(0, 2, 1, 3), pv_BxPxNxK.transpose(0, 2, 1, 3)
     k = jnp.concatenate([pk_BxPxNxK.astype(k_BxSxNxK.dtype), k_BxSxNxK], axis=axis)
     v = jnp.concatenate([pv_BxPxNxK.astype(v_BxSxNxK.dtype), v_BxSxNxK], axis=axis)

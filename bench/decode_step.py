@@ -21,9 +21,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench import common  # noqa: E402  (run as a script: the repository root first)
 
 
 def worker(root: str, batch: int, slots: int, repeats: int) -> dict:
+    sys.path.remove(str(ROOT))  # adapters_jax from `root`, the checkout under test
     sys.path.insert(0, root)
     from adapters_jax import xla_flags
 
@@ -73,38 +76,30 @@ def worker(root: str, batch: int, slots: int, repeats: int) -> dict:
 
 
 def main() -> int:
+    if len(sys.argv) == 2 and sys.argv[1].startswith("{"):  # a worker: bench.common.run_worker's JSON config
+        cfg = json.loads(sys.argv[1])
+        common.emit(worker(cfg["root"], cfg["batch"], cfg["slots"], cfg["repeats"]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--worker", action="store_true")
-    ap.add_argument("--root", default=str(ROOT))
     ap.add_argument("--roots", default=str(ROOT), help="comma-separated checkouts to alternate")
-    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", default="16")
     ap.add_argument("--slots", default="64,128")
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    if args.worker:
-        print("BENCH_RESULT " + json.dumps(worker(args.root, args.batch, int(args.slots), args.repeats)), flush=True)
-        return 0
     for rnd in range(args.rounds):
         for b in (int(x) for x in args.batches.split(",")):
             for s in (int(x) for x in args.slots.split(",")):
                 for root in args.roots.split(","):
-                    root = str(Path(root).resolve())
-                    p = subprocess.run([sys.executable, __file__, "--worker", "--root", root, "--batch", str(b),
-                                        "--slots", str(s), "--repeats", str(args.repeats)], capture_output=True,
-                                       text=True, timeout=1800)
-                    line = next((x for x in p.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
-                    rec = json.loads(line[13:]) if line else {"root": root, "batch": b, "slots": s,
-                                                              "error": p.stderr[-2000:]}
+                    cfg = {"root": str(Path(root).resolve()), "batch": b, "slots": s, "repeats": args.repeats}
+                    rec = {**cfg, **common.run_worker(sys.executable, "bench/decode_step.py", cfg, 1800)}
                     rec["round"] = rnd
                     rec["command"] = " ".join(["python", "bench/decode_step.py", *sys.argv[1:]])
                     print(json.dumps({k: rec.get(k) for k in ("round", "commit", "batch", "slots", "min_ms",
                                                               "median_ms", "error")}), flush=True)
                     if args.out:
-                        with open(args.out, "a") as f:
-                            f.write(json.dumps(rec) + "\n")
+                        common.append_rows(args.out, [rec])
     return 0
 
 
